@@ -1,0 +1,22 @@
+"""The compiled kernels. Private: use :mod:`detector.layers`, which checks arguments.
+
+The kernels call BLAS (``scipy_cblas_sgemm``/``dgemm``) from the scipy-openblas32 wheel.
+Loading that library with RTLD_GLOBAL first is what lets their symbols resolve. The kernels
+call BLAS from inside their own OpenMP threads, one small GEMM per chunk, so this OpenBLAS is
+kept to one thread: nested thread pools would oversubscribe the cores. NumPy's own BLAS is a
+separate library and is not touched.
+"""
+import ctypes
+import os
+
+import scipy_openblas32
+
+_openblas = ctypes.CDLL(
+    os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True)),
+    mode=ctypes.RTLD_GLOBAL,
+)
+_openblas.scipy_openblas_set_num_threads(1)
+
+from . import activations, conv, linear, parallel, pool  # noqa: E402  (needs BLAS loaded)
+
+__all__ = ["activations", "conv", "linear", "parallel", "pool"]

@@ -1,0 +1,315 @@
+"""The functional API of the layers: argument checks in front of the compiled kernels.
+
+Activations are NCHW, float32 or float64; conv weights are ``(K, C, FH, FW)``, linear
+weights ``(M, D)``, as in PyTorch. Inputs that are not C-contiguous are copied once. Each
+``*_forward`` returns ``(out, cache)``; the cache is opaque and goes to the matching
+``*_backward``. Output sizes are ``floor((N + 2P - F) / S) + 1``.
+
+>>> import numpy as np
+>>> from detector import layers as L
+>>> x = np.ones((2, 3, 8, 8), np.float32)
+>>> w = np.ones((4, 3, 3, 3), np.float32)
+>>> out, cache = L.conv2d_forward(x, w, np.zeros(4, np.float32), stride=2, padding=1)
+>>> out.shape
+(2, 4, 4, 4)
+>>> dx, dw, db = L.conv2d_backward(np.ones_like(out), cache)
+>>> dx.shape, dw.shape, db.shape
+((2, 3, 8, 8), (4, 3, 3, 3), (4,))
+"""
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from ._ext import activations as _activations
+from ._ext import conv as _conv
+from ._ext import linear as _linear
+from ._ext import pool as _pool
+from .shapes import output_size, pair
+from .threads import get_num_threads
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward",
+    "avg_pool2d_forward", "avg_pool2d_backward",
+    "l2_pool2d_forward", "l2_pool2d_backward",
+    "linear_forward", "linear_backward",
+    "relu_forward", "relu_backward",
+    "softmax_cross_entropy", "linear_to_conv",
+]
+
+_LAYOUTS = {1: "(N,)", 2: "(N, D)", 4: "(N, C, H, W)"}
+
+
+class ConvCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    stride: tuple
+    padding: tuple
+
+
+class PoolCache(NamedTuple):
+    kind: str  # "max", "avg" or "l2"
+    x: np.ndarray
+    out: np.ndarray
+    argmax: np.ndarray  # max pooling only: the flat index h * W + w of each window's winner
+    size: tuple
+    stride: tuple
+    padding: tuple
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+
+
+class ReluCache(NamedTuple):
+    x: np.ndarray
+
+
+def _float_array(value, name, ndim, like=None):
+    """``value`` as a C-contiguous float32/float64 array of rank ``ndim`` (copied if needed)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions {_LAYOUTS.get(ndim, '')}, got shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    dtype = arr.dtype.newbyteorder("=")
+    if like is not None and dtype != like.dtype:
+        raise TypeError(f"{name} is {dtype} but x is {like.dtype}: use one dtype for both")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _check_cache(cache, kind, producer):
+    if not isinstance(cache, kind):
+        raise TypeError(f"cache must be the one returned by {producer}, got {type(cache).__name__}")
+
+
+def _gradient(dout, cache_x, shape):
+    """``dout`` checked against the forward's output shape and dtype."""
+    dout = _float_array(dout, "dout", len(shape), like=cache_x)
+    if dout.shape != tuple(shape):
+        raise ValueError(f"dout has shape {dout.shape} but the forward output had {tuple(shape)}")
+    return dout
+
+
+# -- convolution ---------------------------------------------------------------------------
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """2-D cross-correlation with zero padding, as ``torch.nn.functional.conv2d``.
+
+    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache.
+    """
+    x = _float_array(x, "x", 4)
+    w = _float_array(w, "w", 4, like=x)
+    b = _float_array(b, "b", 1, like=x)
+    (sh, sw), (ph, pw) = pair(stride, "stride", 1), pair(padding, "padding", 0)
+    n, c, h, wd = x.shape
+    k, wc, fh, fw = w.shape
+    if wc != c:
+        raise ValueError(f"channel mismatch: x has {c} channels but w expects {wc} (w is {w.shape})")
+    if b.shape != (k,):
+        raise ValueError(f"b must have one entry per filter: w has {k} filters, b has shape {b.shape}")
+    oh = output_size(h, fh, ph, sh, "height")
+    ow = output_size(wd, fw, pw, sw, "width")
+    out = np.empty((n, k, oh, ow), x.dtype)
+    _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
+    return out, ConvCache(x, w, (sh, sw), (ph, pw))
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of :func:`conv2d_forward`: dout (N, K, OH, OW) -> dx, dw, db."""
+    _check_cache(cache, ConvCache, "conv2d_forward")
+    x, w, (sh, sw), (ph, pw) = cache
+    n, k = x.shape[0], w.shape[0]
+    oh = output_size(x.shape[2], w.shape[2], ph, sh, "height")
+    ow = output_size(x.shape[3], w.shape[3], pw, sw, "width")
+    dout = _gradient(dout, x, (n, k, oh, ow))
+    dx = np.zeros_like(x)
+    dw = np.empty((k, w[0].size), x.dtype)
+    db = np.empty(k, x.dtype)
+    _conv.conv2d_backward(dout, x, w, dx, dw, db, sh, sw, ph, pw, get_num_threads())
+    return dx, dw.reshape(w.shape), db
+
+
+# -- pooling -------------------------------------------------------------------------------
+
+def _pool_geometry(x, size, stride, padding):
+    fh, fw = pair(size, "size", 1)
+    sh, sw = pair(size if stride is None else stride, "stride", 1)
+    ph, pw = pair(padding, "padding", 0)
+    if 2 * ph > fh or 2 * pw > fw:
+        raise ValueError(
+            f"padding {(ph, pw)} must be at most half the pool size {(fh, fw)}, "
+            "or a window could hold padding only"
+        )
+    oh = output_size(x.shape[2], fh, ph, sh, "height")
+    ow = output_size(x.shape[3], fw, pw, sw, "width")
+    return (fh, fw), (sh, sw), (ph, pw), (x.shape[0], x.shape[1], oh, ow)
+
+
+def _pool_forward(kind, x, size, stride, padding):
+    x = _float_array(x, "x", 4)
+    size, stride, padding, out_shape = _pool_geometry(x, size, stride, padding)
+    out = np.empty(out_shape, x.dtype)
+    geometry = (*size, *stride, *padding, get_num_threads())
+    argmax = None
+    if kind == "max":
+        argmax = np.empty(out_shape, np.intp)
+        _pool.max_pool2d_forward(x, out, argmax, *geometry)
+    elif kind == "avg":
+        _pool.avg_pool2d_forward(x, out, *geometry)
+    else:
+        _pool.l2_pool2d_forward(x, out, *geometry)
+    return out, PoolCache(kind, x, out, argmax, size, stride, padding)
+
+
+def _pool_backward(kind, dout, cache):
+    _check_cache(cache, PoolCache, f"{kind}_pool2d_forward")
+    if cache.kind != kind:
+        raise TypeError(f"cache comes from {cache.kind}_pool2d_forward, not {kind}_pool2d_forward")
+    dout = _gradient(dout, cache.x, cache.out.shape)
+    dx = np.zeros_like(cache.x)
+    geometry = (*cache.size, *cache.stride, *cache.padding, get_num_threads())
+    if kind == "max":
+        _pool.max_pool2d_backward(dout, cache.argmax, dx, get_num_threads())
+    elif kind == "avg":
+        _pool.avg_pool2d_backward(dout, cache.x, cache.out, dx, *geometry)
+    else:
+        _pool.l2_pool2d_backward(dout, cache.x, cache.out, dx, *geometry)
+    return dx
+
+
+def max_pool2d_forward(x, size, stride=None, padding=0):
+    """Max pooling, padding with -inf; stride defaults to ``size``. x (N, C, H, W) -> out, cache.
+
+    Where a window holds several maxima, the first in row-major order wins (as in PyTorch)
+    and alone receives the gradient.
+    """
+    return _pool_forward("max", x, size, stride, padding)
+
+
+def max_pool2d_backward(dout, cache):
+    """Gradient of :func:`max_pool2d_forward`: dout (N, C, OH, OW) -> dx (N, C, H, W)."""
+    return _pool_backward("max", dout, cache)
+
+
+def avg_pool2d_forward(x, size, stride=None, padding=0):
+    """Average pooling; padded zeros count in the mean (PyTorch's ``count_include_pad``)."""
+    return _pool_forward("avg", x, size, stride, padding)
+
+
+def avg_pool2d_backward(dout, cache):
+    """Gradient of :func:`avg_pool2d_forward`: dout (N, C, OH, OW) -> dx (N, C, H, W)."""
+    return _pool_backward("avg", dout, cache)
+
+
+def l2_pool2d_forward(x, size, stride=None, padding=0):
+    """L2 pooling: the square root of each window's sum of squares (``lp_pool2d``, p=2)."""
+    return _pool_forward("l2", x, size, stride, padding)
+
+
+def l2_pool2d_backward(dout, cache):
+    """Gradient of :func:`l2_pool2d_forward`; an all-zero window passes gradient 0."""
+    return _pool_backward("l2", dout, cache)
+
+
+# -- fully connected -----------------------------------------------------------------------
+
+def linear_forward(x, w, b):
+    """out = x @ w.T + b: x (N, D), w (M, D), b (M,) -> out (N, M), cache."""
+    x = _float_array(x, "x", 2)
+    w = _float_array(w, "w", 2, like=x)
+    b = _float_array(b, "b", 1, like=x)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"feature mismatch: x has {x.shape[1]} features per row but w expects {w.shape[1]} "
+            f"(w is {w.shape}); flatten images with x.reshape(len(x), -1)"
+        )
+    if b.shape != (w.shape[0],):
+        raise ValueError(f"b must have one entry per output: w has {w.shape[0]} rows, b has shape {b.shape}")
+    out = np.empty((x.shape[0], w.shape[0]), x.dtype)
+    _linear.linear_forward(x, w, b, out, get_num_threads())
+    return out, LinearCache(x, w)
+
+
+def linear_backward(dout, cache):
+    """Gradients of :func:`linear_forward`: dout (N, M) -> dx (N, D), dw (M, D), db (M,)."""
+    _check_cache(cache, LinearCache, "linear_forward")
+    x, w = cache
+    dout = _gradient(dout, x, (x.shape[0], w.shape[0]))
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(w.shape[0], x.dtype)
+    _linear.linear_backward(dout, x, w, dx, dw, db, get_num_threads())
+    return dx, dw, db
+
+
+def linear_to_conv(w, b, in_shape):
+    """Rewrite a linear layer over a flattened (C, H, W) volume as a convolution.
+
+    w (M, C*H*W), b (M,) -> w_conv (M, C, H, W), b_conv (M,). The convolution, run valid
+    over exactly that volume, gives the linear layer's outputs as (N, M, 1, 1); over a
+    larger input it slides the classifier. The next linear layer becomes a 1x1 convolution
+    with ``in_shape=(M, 1, 1)``.
+    """
+    w = _float_array(w, "w", 2)
+    b = _float_array(b, "b", 1, like=w)
+    if not (isinstance(in_shape, (tuple, list)) and len(in_shape) == 3 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in in_shape
+    )):
+        raise TypeError(f"in_shape must be (C, H, W), three positive ints, got {in_shape!r}")
+    c, h, wd = map(int, in_shape)
+    if c * h * wd != w.shape[1]:
+        raise ValueError(
+            f"in_shape {tuple(in_shape)} holds {c * h * wd} values but w has {w.shape[1]} inputs per row"
+        )
+    if b.shape != (w.shape[0],):
+        raise ValueError(f"b must have one entry per output: w has {w.shape[0]} rows, b has shape {b.shape}")
+    return w.reshape(w.shape[0], c, h, wd).copy(), b.copy()
+
+
+# -- activations and loss ------------------------------------------------------------------
+
+def relu_forward(x):
+    """max(x, 0) elementwise, any shape -> out, cache."""
+    x = np.asarray(x)
+    flat = _float_array(x.reshape(-1), "x", 1)
+    out = np.empty_like(flat)
+    _activations.relu_forward(flat, out, get_num_threads())
+    return out.reshape(x.shape), ReluCache(flat.reshape(x.shape))
+
+
+def relu_backward(dout, cache):
+    """Gradient of :func:`relu_forward`: dout where x > 0, else 0."""
+    _check_cache(cache, ReluCache, "relu_forward")
+    x = cache.x
+    dout = _gradient(dout, x, x.shape)
+    dx = np.empty_like(x)
+    _activations.relu_backward(dout.reshape(-1), x.reshape(-1), dx.reshape(-1), get_num_threads())
+    return dx
+
+
+def softmax_cross_entropy(scores, labels):
+    """Mean over the batch of -log softmax(scores)[label].
+
+    scores (N, M) float, labels (N,) integers in [0, M) -> loss (float), dscores (N, M).
+    """
+    scores = _float_array(scores, "scores", 2)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != (scores.shape[0],):
+        raise ValueError(f"labels must have shape ({scores.shape[0]},) to match scores {scores.shape}, got {labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= scores.shape[1]))
+    if bad.size:
+        raise ValueError(
+            f"labels must lie in [0, {scores.shape[1]}): labels[{bad[0]}] = {labels[bad[0]]}"
+        )
+    dscores = np.empty_like(scores)
+    loss = _activations.softmax_cross_entropy(
+        scores, np.ascontiguousarray(labels, np.intp), dscores, get_num_threads()
+    )
+    return float(loss), dscores

@@ -1,0 +1,172 @@
+"""Pooling kernels: max (the first maximum wins and its index is kept for backward),
+average (padded zeros count, PyTorch's default) and L2 (the square root of the window's
+sum of squares; padded zeros add nothing).
+
+The work is split over (image, channel) planes; each plane is one call of a C function,
+so its locals are its thread's own. Within a plane the work is serial: the gradient scatter
+of overlapping windows never races and never depends on the thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+ctypedef enum Kind:
+    AVG
+    L2
+
+
+cdef struct Geometry:
+    Py_ssize_t H, W, OH, OW, FH, FW, SH, SW, PH, PW
+
+
+cdef inline Geometry geometry(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                              Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                              Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
+    cdef Geometry g
+    g.H, g.W, g.OH, g.OW, g.FH, g.FW, g.SH, g.SW, g.PH, g.PW = H, W, OH, OW, FH, FW, SH, SW, PH, PW
+    return g
+
+
+cdef inline Py_ssize_t lo(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad) noexcept nogil:
+    """First input row (or column) of window o, padding cut off."""
+    return max(o * stride - pad, 0)
+
+
+cdef inline Py_ssize_t hi(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t size,
+                          Py_ssize_t n) noexcept nogil:
+    """One past the last input row (or column) of window o, padding cut off."""
+    return min(o * stride - pad + size, n)
+
+
+cdef void max_plane(const floating *x, floating *out, Py_ssize_t *argmax,
+                    Geometry g) noexcept nogil:
+    cdef Py_ssize_t oh, ow, ih, iw, best_i
+    cdef floating best, v
+    for oh in range(g.OH):
+        for ow in range(g.OW):
+            best_i = lo(oh, g.SH, g.PH) * g.W + lo(ow, g.SW, g.PW)
+            best = x[best_i]
+            for ih in range(lo(oh, g.SH, g.PH), hi(oh, g.SH, g.PH, g.FH, g.H)):
+                for iw in range(lo(ow, g.SW, g.PW), hi(ow, g.SW, g.PW, g.FW, g.W)):
+                    v = x[ih * g.W + iw]
+                    # strictly greater: the first maximum wins; a NaN wins and stays
+                    if v > best or (v != v and best == best):
+                        best = v
+                        best_i = ih * g.W + iw
+            out[oh * g.OW + ow] = best
+            argmax[oh * g.OW + ow] = best_i
+
+
+cdef void sum_plane(const floating *x, floating *out, Kind kind, Geometry g) noexcept nogil:
+    cdef Py_ssize_t oh, ow, ih, iw
+    cdef floating acc, v
+    for oh in range(g.OH):
+        for ow in range(g.OW):
+            acc = 0
+            for ih in range(lo(oh, g.SH, g.PH), hi(oh, g.SH, g.PH, g.FH, g.H)):
+                for iw in range(lo(ow, g.SW, g.PW), hi(ow, g.SW, g.PW, g.FW, g.W)):
+                    v = x[ih * g.W + iw]
+                    acc += v * v if kind == L2 else v
+            out[oh * g.OW + ow] = sqrt(acc) if kind == L2 else acc / (g.FH * g.FW)
+
+
+cdef void sum_plane_backward(const floating *dout, const floating *x, const floating *out,
+                             floating *dx, Kind kind, Geometry g) noexcept nogil:
+    cdef Py_ssize_t oh, ow, ih, iw
+    cdef floating scale
+    for oh in range(g.OH):
+        for ow in range(g.OW):
+            if kind == AVG:
+                scale = dout[oh * g.OW + ow] / (g.FH * g.FW)
+            elif out[oh * g.OW + ow] == 0:
+                continue  # an all-zero L2 window: the subgradient 0, never 0 / 0
+            else:
+                scale = dout[oh * g.OW + ow] / out[oh * g.OW + ow]
+            for ih in range(lo(oh, g.SH, g.PH), hi(oh, g.SH, g.PH, g.FH, g.H)):
+                for iw in range(lo(ow, g.SW, g.PW), hi(ow, g.SW, g.PW, g.FW, g.W)):
+                    dx[ih * g.W + iw] += scale if kind == AVG else scale * x[ih * g.W + iw]
+
+
+def max_pool2d_forward(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
+                       floating[:, :, :, ::1] out,  # OUT (N, C, OH, OW)
+                       Py_ssize_t[:, :, :, ::1] argmax,  # OUT (N, C, OH, OW): h * W + w
+                       Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                       Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    cdef Py_ssize_t C = x.shape[1], p
+    cdef Geometry g = geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
+                               FH, FW, SH, SW, PH, PW)
+    with nogil:
+        for p in prange(x.shape[0] * C, num_threads=num_threads, schedule='static'):
+            max_plane(&x[p // C, p % C, 0, 0], &out[p // C, p % C, 0, 0],
+                      &argmax[p // C, p % C, 0, 0], g)
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
+                        const Py_ssize_t[:, :, :, ::1] argmax,  # IN (N, C, OH, OW)
+                        floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
+                        int num_threads):
+    cdef Py_ssize_t C = dx.shape[1], P = dout.shape[2] * dout.shape[3], p, i
+    cdef floating *d
+    cdef const floating *g
+    cdef const Py_ssize_t *a
+    with nogil:
+        for p in prange(dx.shape[0] * C, num_threads=num_threads, schedule='static'):
+            d = &dx[p // C, p % C, 0, 0]
+            g = &dout[p // C, p % C, 0, 0]
+            a = &argmax[p // C, p % C, 0, 0]
+            for i in range(P):
+                d[a[i]] += g[i]
+
+
+cdef void sum_pool_forward(Kind kind, const floating[:, :, :, ::1] x,
+                           floating[:, :, :, ::1] out, Geometry g, int num_threads):
+    cdef Py_ssize_t C = x.shape[1], p
+    with nogil:
+        for p in prange(x.shape[0] * C, num_threads=num_threads, schedule='static'):
+            sum_plane(&x[p // C, p % C, 0, 0], &out[p // C, p % C, 0, 0], kind, g)
+
+
+cdef void sum_pool_backward(Kind kind, const floating[:, :, :, ::1] dout,
+                            const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] out,
+                            floating[:, :, :, ::1] dx, Geometry g, int num_threads):
+    cdef Py_ssize_t C = x.shape[1], p
+    with nogil:
+        for p in prange(x.shape[0] * C, num_threads=num_threads, schedule='static'):
+            sum_plane_backward(&dout[p // C, p % C, 0, 0], &x[p // C, p % C, 0, 0],
+                               &out[p // C, p % C, 0, 0], &dx[p // C, p % C, 0, 0], kind, g)
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                       Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    sum_pool_forward(AVG, x, out, geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
+                                           FH, FW, SH, SW, PH, PW), num_threads)
+
+
+def l2_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                      Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                      Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    sum_pool_forward(L2, x, out, geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
+                                          FH, FW, SH, SW, PH, PW), num_threads)
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
+                        const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
+                        const floating[:, :, :, ::1] out,  # IN (N, C, OH, OW)
+                        floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
+                        Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                        Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    sum_pool_backward(AVG, dout, x, out, dx, geometry(x.shape[2], x.shape[3], out.shape[2],
+                                                      out.shape[3], FH, FW, SH, SW, PH, PW),
+                      num_threads)
+
+
+def l2_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
+                       const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
+                       const floating[:, :, :, ::1] out,  # IN (N, C, OH, OW): the forward's
+                       floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
+                       Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                       Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    sum_pool_backward(L2, dout, x, out, dx, geometry(x.shape[2], x.shape[3], out.shape[2],
+                                                     out.shape[3], FH, FW, SH, SW, PH, PW),
+                      num_threads)

@@ -1,0 +1,65 @@
+"""Builds the Cython kernels in ext/ into detector._ext.* (project metadata: pyproject.toml).
+
+OpenMP is used when the C compiler accepts -fopenmp (set DETECTOR_NO_OPENMP=1 to build
+without it); without it the kernels run serially and give the same results.
+"""
+import os
+import subprocess
+import sysconfig
+import tempfile
+
+import scipy_openblas32
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+MODULES = ["activations", "conv", "linear", "parallel", "pool"]
+
+# Set once for the whole build: the Python layer checks every shape before a kernel runs.
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+}
+
+
+def openmp_flags():
+    """["-fopenmp"] when the compiler builds and links an OpenMP program, else []."""
+    if os.environ.get("DETECTOR_NO_OPENMP"):
+        return []
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "probe.c")
+        with open(source, "w") as f:
+            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n")
+        probe = subprocess.run(
+            [*compiler, "-fopenmp", source, "-o", os.path.join(tmp, "probe")],
+            capture_output=True,
+        )
+    if probe.returncode != 0:
+        print("detector: the C compiler has no OpenMP; building serial kernels")
+        return []
+    return ["-fopenmp"]
+
+
+omp = openmp_flags()
+extensions = [
+    Extension(
+        f"detector._ext.{name}",
+        [f"ext/{name}.pyx"],
+        include_dirs=[scipy_openblas32.get_include_dir()],
+        extra_compile_args=["-O3", *omp],
+        extra_link_args=omp,
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        include_path=["ext"],
+        build_dir="build/cython",
+    )
+)
