@@ -1,0 +1,42 @@
+# The two set-up commands: `make demo` and `make test`. Each creates .venv if it is missing,
+# installs the package with its compiled kernels (again whenever a source of the build
+# changes), then runs.
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+BUILD_SOURCES := setup.py pyproject.toml $(wildcard ext/*.pyx ext/*.pxd)
+
+.PHONY: demo test install clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/detector bench layers
+
+test: $(VENV)/.installed $(VENV)/.reference
+	$(PY) -m pytest
+
+install: $(VENV)/.installed
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The build requirements of pyproject.toml go into the venv so that rebuilds skip build
+# isolation: faster, and Cython's generated C in build/ is reused when a .pyx is unchanged.
+$(VENV)/.installed: $(PY) $(BUILD_SOURCES)
+	$(PIP) install -q --upgrade pip "setuptools>=69" wheel "cython>=3.0.10" "scipy-openblas32>=0.3.27"
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+# PyTorch is an optional reference for the tests. It is installed only when a CPU build
+# lies on this machine (pip's find-links); elsewhere those tests are skipped, rather than
+# pulling gigabytes of CUDA packages.
+$(VENV)/.reference: $(PY)
+	@if $(PIP) install -q --no-index --no-deps "torch==2.13.0" 2>/dev/null; then \
+		$(PIP) install -q "torch==2.13.0"; \
+	else \
+		echo "No local CPU build of torch 2.13.0: the PyTorch reference tests will be skipped."; \
+	fi
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info detector/_ext/*.so
