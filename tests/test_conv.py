@@ -53,9 +53,11 @@ MULTI_BLOCK = [
 def test_images_split_into_row_blocks_match_naive_loop(cfg):
     out_h = (cfg.h + 2 * cfg.padding[0] - cfg.size[0]) // cfg.stride[0] + 1
     out_w = (cfg.w + 2 * cfg.padding[1] - cfg.size[1]) // cfg.stride[1] + 1
-    rows = conv_kernels.rows_per_chunk(cfg.c * cfg.size[0] * cfg.size[1], cfg.size[0], cfg.stride[0],
-                                       out_h, out_w, np.dtype(cfg.dtype).itemsize)
-    assert rows < out_h / 2, "the shape must be cut into several blocks to test the split"
+    for backward in (False, True):
+        blocks = conv_kernels.blocks_per_image(cfg.k, cfg.c * cfg.size[0] * cfg.size[1], cfg.size[0],
+                                               cfg.stride[0], out_h, out_w, np.dtype(cfg.dtype).itemsize,
+                                               backward)
+        assert blocks >= 3, "the shape must be cut into several blocks to test the split"
     x, w, b = cfg.arrays()
     out, cache = L.conv2d_forward(x, w, b, stride=cfg.stride, padding=cfg.padding)
     g = np.random.default_rng(4).standard_normal(out.shape).astype(cfg.dtype)
