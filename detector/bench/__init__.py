@@ -1,0 +1,1 @@
+"""Benchmarks behind ``detector bench``: medians of repeated runs, ratios from one run."""

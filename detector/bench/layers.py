@@ -1,0 +1,171 @@
+"""``detector bench layers``: the kernels' speed beside NumPy's on the same machine.
+
+For each layer: forward and backward, milliseconds and GFLOP/s (medians), and the ratio
+to NumPy's float32 matmul rate (1024^3), sampled between the cases and pooled so that a
+drift of the machine's speed during the run affects both sides. Convolution and linear
+layers also get the rate NumPy reaches on the very GEMMs of that layer when the im2col
+matrix is given for free: the ceiling of any im2col + BLAS implementation. Max pooling
+is compared with NumPy's reshape-and-max trick.
+"""
+import json
+import statistics
+
+import numpy as np
+
+from .. import layers as L
+from ..threads import get_num_threads
+from .timing import median_seconds, sgemm_seconds
+
+SGEMM_N = 1024
+CONV_CASES = [  # (x shape, filters, kernel size, padding)
+    ((64, 16, 32, 32), 32, 3, 1),
+    ((64, 1, 32, 32), 16, 5, 0),
+    ((64, 16, 14, 14), 32, 5, 0),
+    ((1, 16, 512, 512), 32, 5, 0),
+]
+POOL_CASE = (64, 32, 28, 28)
+LINEAR_CASE = (256, 512, 128)  # (N, D) -> M
+TARGETS = {"conv forward": 0.5, "conv backward": 0.4}
+
+
+class _Reference:
+    """NumPy's sgemm rate, sampled between the cases."""
+
+    def __init__(self):
+        self.samples = []
+
+    def sample(self):
+        self.samples.append(2 * SGEMM_N**3 / sgemm_seconds(SGEMM_N) / 1e9)
+
+    @property
+    def gflops(self):
+        return statistics.median(self.samples)
+
+
+def _conv_case(shape, k, f, pad, rng):
+    n, c, h, w = shape
+    x = rng.standard_normal(shape, dtype=np.float32)
+    wt = rng.standard_normal((k, c, f, f), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    out, cache = L.conv2d_forward(x, wt, b, padding=pad)
+    dout = rng.standard_normal(out.shape, dtype=np.float32)
+    flops = 2.0 * out.size * c * f * f
+    fwd = median_seconds(lambda: L.conv2d_forward(x, wt, b, padding=pad))
+    bwd = median_seconds(lambda: L.conv2d_backward(dout, cache))
+    # the same products as plain NumPy GEMMs, the im2col matrix given for free
+    cols = rng.standard_normal((c * f * f, out.size // k), dtype=np.float32)
+    wmat, g = wt.reshape(k, -1), rng.standard_normal((k, cols.shape[1]), dtype=np.float32)
+    np_fwd = median_seconds(lambda: wmat @ cols)
+    np_bwd = median_seconds(lambda: (g @ cols.T, wmat.T @ g))
+    del cols
+    name = f"conv {shape} {k}x{f}x{f}" + (f" pad {pad}" if pad else "")
+    return {
+        "name": name, "input_channels": c,
+        "forward": {"ms": fwd * 1e3, "gflops": flops / fwd / 1e9, "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
+        "backward": {"ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9, "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
+    }
+
+
+def _pool_case(rng):
+    x = rng.standard_normal(POOL_CASE, dtype=np.float32)
+    n, c, h, w = POOL_CASE
+    out, cache = L.max_pool2d_forward(x, 2)
+    dout = np.ones_like(out)
+    fwd = median_seconds(lambda: L.max_pool2d_forward(x, 2))
+    bwd = median_seconds(lambda: L.max_pool2d_backward(dout, cache))
+    trick = median_seconds(lambda: x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5)))
+    return {
+        "name": f"max-pool 2x2 {POOL_CASE}",
+        "forward": {"ms": fwd * 1e3, "numpy_reshape_max_ms": trick * 1e3, "speedup_vs_numpy": trick / fwd},
+        "backward": {"ms": bwd * 1e3},
+    }
+
+
+def _linear_case(rng):
+    n, d, m = LINEAR_CASE
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    w = rng.standard_normal((m, d), dtype=np.float32)
+    b = rng.standard_normal(m, dtype=np.float32)
+    out, cache = L.linear_forward(x, w, b)
+    dout = rng.standard_normal(out.shape, dtype=np.float32)
+    flops = 2.0 * n * d * m
+    fwd = median_seconds(lambda: L.linear_forward(x, w, b))
+    bwd = median_seconds(lambda: L.linear_backward(dout, cache))
+    np_fwd = median_seconds(lambda: x @ w.T + b)
+    np_bwd = median_seconds(lambda: (dout @ w, dout.T @ x, dout.sum(0)))
+    return {
+        "name": f"linear ({n},{d})->{m}",
+        "forward": {"ms": fwd * 1e3, "gflops": flops / fwd / 1e9, "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
+        "backward": {"ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9, "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
+    }
+
+
+def _targets(cases, sgemm):
+    checks = []
+    for case in cases:
+        if case["name"].startswith("conv") and case["input_channels"] >= 16:
+            for pass_, key in (("forward", "conv forward"), ("backward", "conv backward")):
+                ratio = case[pass_]["gflops"] / sgemm
+                checks.append({"what": f"{case['name']} {pass_}", "value": ratio,
+                               "target": TARGETS[key], "met": ratio >= TARGETS[key]})
+        if case["name"].startswith("max-pool"):
+            speedup = case["forward"]["speedup_vs_numpy"]
+            checks.append({"what": f"{case['name']} forward vs NumPy reshape-max", "value": speedup,
+                           "target": 1.0, "met": speedup >= 1.0})
+    return checks
+
+
+def run(seed=0):
+    """Measure every case; return a JSON-ready dict."""
+    rng = np.random.default_rng(seed)
+    reference = _Reference()
+    cases = []
+    for shape, k, f, pad in CONV_CASES:
+        reference.sample()
+        cases.append(_conv_case(shape, k, f, pad, rng))
+    reference.sample()
+    cases.append(_pool_case(rng))
+    cases.append(_linear_case(rng))
+    reference.sample()
+    sgemm = reference.gflops
+    for case in cases:
+        for pass_ in ("forward", "backward"):
+            if "gflops" in case[pass_]:
+                case[pass_]["ratio_to_sgemm"] = case[pass_]["gflops"] / sgemm
+    return {
+        "threads": get_num_threads(), "dtype": "float32",
+        "numpy_sgemm_gflops": sgemm, "numpy_sgemm_samples": reference.samples,
+        "cases": cases, "targets": _targets(cases, sgemm),
+    }
+
+
+def format_table(result):
+    lines = [
+        f"detector bench layers: float32, {result['threads']} threads, medians of repeated runs",
+        f"NumPy sgemm {SGEMM_N}^3: {result['numpy_sgemm_gflops']:.1f} GFLOP/s "
+        f"(median of {len(result['numpy_sgemm_samples'])} samples taken between the cases)",
+        "",
+        f"{'layer':<38}{'pass':<6}{'ms':>9}{'GFLOP/s':>10}{'/sgemm':>8}{'/NumPy same GEMMs':>19}",
+    ]
+    for case in result["cases"]:
+        for i, pass_ in enumerate(("forward", "backward")):
+            r = case[pass_]
+            label = case["name"] if i == 0 else ""
+            row = f"{label:<38}{pass_[:3]:<6}{r['ms']:>9.3f}"
+            if "gflops" in r:
+                row += f"{r['gflops']:>10.1f}{r['ratio_to_sgemm']:>8.2f}"
+                row += f"{r['gflops'] / r['numpy_same_gemm_gflops']:>19.2f}"
+            elif "speedup_vs_numpy" in r:
+                row += f"   NumPy reshape-max {r['numpy_reshape_max_ms']:.3f} ms: {r['speedup_vs_numpy']:.1f}x faster"
+            lines.append(row)
+    lines += ["", "targets:"]
+    for t in result["targets"]:
+        verdict = "met" if t["met"] else "MISSED"
+        lines.append(f"  {t['what']:<62} {t['value']:6.2f} (target >= {t['target']:.2f}) {verdict}")
+    return "\n".join(lines)
+
+
+def main(args):
+    result = run()
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
