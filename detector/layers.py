@@ -161,10 +161,8 @@ def _pool_forward(kind, x, size, stride, padding):
     if kind == "max":
         argmax = np.empty(out_shape, np.intp)
         _pool.max_pool2d_forward(x, out, argmax, *geometry)
-    elif kind == "avg":
-        _pool.avg_pool2d_forward(x, out, *geometry)
     else:
-        _pool.l2_pool2d_forward(x, out, *geometry)
+        _pool.sum_pool2d_forward(x, out, kind == "l2", *geometry)
     return out, PoolCache(kind, x, out, argmax, size, stride, padding)
 
 
@@ -177,10 +175,8 @@ def _pool_backward(kind, dout, cache):
     geometry = (*cache.size, *cache.stride, *cache.padding, get_num_threads())
     if kind == "max":
         _pool.max_pool2d_backward(dout, cache.argmax, dx, get_num_threads())
-    elif kind == "avg":
-        _pool.avg_pool2d_backward(dout, cache.x, cache.out, dx, *geometry)
     else:
-        _pool.l2_pool2d_backward(dout, cache.x, cache.out, dx, *geometry)
+        _pool.sum_pool2d_backward(dout, cache.x, cache.out, dx, kind == "l2", *geometry)
     return dx
 
 

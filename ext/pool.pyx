@@ -118,55 +118,32 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
                 d[a[i]] += g[i]
 
 
-cdef void sum_pool_forward(Kind kind, const floating[:, :, :, ::1] x,
-                           floating[:, :, :, ::1] out, Geometry g, int num_threads):
+def sum_pool2d_forward(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
+                       floating[:, :, :, ::1] out,  # OUT (N, C, OH, OW)
+                       bint l2,  # L2 pooling if true, else average pooling
+                       Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                       Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    cdef Kind kind = L2 if l2 else AVG
     cdef Py_ssize_t C = x.shape[1], p
+    cdef Geometry g = geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
+                               FH, FW, SH, SW, PH, PW)
     with nogil:
         for p in prange(x.shape[0] * C, num_threads=num_threads, schedule='static'):
             sum_plane(&x[p // C, p % C, 0, 0], &out[p // C, p % C, 0, 0], kind, g)
 
 
-cdef void sum_pool_backward(Kind kind, const floating[:, :, :, ::1] dout,
-                            const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] out,
-                            floating[:, :, :, ::1] dx, Geometry g, int num_threads):
+def sum_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
+                        const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
+                        const floating[:, :, :, ::1] out,  # IN (N, C, OH, OW): the forward's
+                        floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
+                        bint l2,  # L2 pooling if true, else average pooling
+                        Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                        Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    cdef Kind kind = L2 if l2 else AVG
     cdef Py_ssize_t C = x.shape[1], p
+    cdef Geometry g = geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
+                               FH, FW, SH, SW, PH, PW)
     with nogil:
         for p in prange(x.shape[0] * C, num_threads=num_threads, schedule='static'):
             sum_plane_backward(&dout[p // C, p % C, 0, 0], &x[p // C, p % C, 0, 0],
                                &out[p // C, p % C, 0, 0], &dx[p // C, p % C, 0, 0], kind, g)
-
-
-def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                       Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
-                       Py_ssize_t PH, Py_ssize_t PW, int num_threads):
-    sum_pool_forward(AVG, x, out, geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
-                                           FH, FW, SH, SW, PH, PW), num_threads)
-
-
-def l2_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                      Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
-                      Py_ssize_t PH, Py_ssize_t PW, int num_threads):
-    sum_pool_forward(L2, x, out, geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
-                                          FH, FW, SH, SW, PH, PW), num_threads)
-
-
-def avg_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
-                        const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
-                        const floating[:, :, :, ::1] out,  # IN (N, C, OH, OW)
-                        floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
-                        Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
-                        Py_ssize_t PH, Py_ssize_t PW, int num_threads):
-    sum_pool_backward(AVG, dout, x, out, dx, geometry(x.shape[2], x.shape[3], out.shape[2],
-                                                      out.shape[3], FH, FW, SH, SW, PH, PW),
-                      num_threads)
-
-
-def l2_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
-                       const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
-                       const floating[:, :, :, ::1] out,  # IN (N, C, OH, OW): the forward's
-                       floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
-                       Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
-                       Py_ssize_t PH, Py_ssize_t PW, int num_threads):
-    sum_pool_backward(L2, dout, x, out, dx, geometry(x.shape[2], x.shape[3], out.shape[2],
-                                                     out.shape[3], FH, FW, SH, SW, PH, PW),
-                      num_threads)
