@@ -1,0 +1,86 @@
+"""Net: whole-net gradients, geometry, spec parsing and predict."""
+import numpy as np
+import pytest
+
+import reference as ref
+from detector import layers as L
+from detector.model import DEFAULT_SPEC, Net
+
+CLASSES = ["bg", "a", "b"]
+GRADIENT_SPECS = [
+    ("conv3@3x3 relu maxpool2 fc5 relu fc3", (1, 8, 8)),
+    ("conv2@3x3/2+1 relu l2pool2 conv3@2x2 relu fc3", (2, 9, 9)),
+    ("conv4@5x3 relu avgpool3/2+1 fc4 relu fc3", (1, 7, 9)),
+]
+
+
+@pytest.mark.parametrize("spec, shape", GRADIENT_SPECS)
+def test_whole_net_backward_matches_numerical_gradient(spec, shape):
+    net = Net(spec, shape, CLASSES, seed=1, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, *shape))
+    labels = np.array([0, 1, 2])
+
+    def loss():
+        return L.softmax_cross_entropy(net.forward(x), labels)[0]
+
+    _, dscores = L.softmax_cross_entropy(net.forward(x, train=True), labels)
+    grads = net.backward(dscores)
+    assert set(grads) == set(net.params)
+    for name, param in net.params.items():
+        assert ref.relative_error(grads[name], ref.numerical_gradient(loss, param)) < 1e-6, name
+
+
+def test_default_geometry():
+    net = Net(DEFAULT_SPEC)
+    assert net.window == (32, 32)
+    assert net.total_stride == (4, 4)
+    assert net.receptive_field == (32, 32)
+    assert net.shapes[-1] == (11,)
+    assert sum(p.size for p in net.params.values()) == 416 + 12832 + 102528 + 1419
+
+
+def test_geometry_of_strided_and_padded_layers():
+    net = Net("conv4@3x3/2+1 relu maxpool2 fc3", (1, 16, 16), CLASSES)
+    # 16 -> conv(3, s2, p1) 8 -> pool2 4; stride 2 * 2; field 3 + (2-1)*2 = 5, then fc sees 4 more cells * 4
+    assert net.total_stride == (4, 4)
+    assert net.receptive_field == (16, 16)
+    small = Net("conv4@3x3 relu conv4@3x3 relu fc3", (1, 5, 5), CLASSES)
+    assert small.total_stride == (1, 1) and small.receptive_field == (5, 5)
+
+
+def test_initialisation_is_seeded():
+    a, b, c = Net(seed=3), Net(seed=3), Net(seed=4)
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+    assert not np.array_equal(a.params["conv1.w"], c.params["conv1.w"])
+    assert not a.params["fc2.b"].any()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("conv16@5x5 relu banana fc11", "cannot read layer 'banana'"),
+    ("conv16@5x5 relu maxpool2 fc10", "must end in fc11"),
+    ("fc20 relu conv4@3x3 fc11", "conv1 follows a fully-connected layer"),
+    ("conv16@33x33 fc11", r"output height after conv1 would be 0.*N=32, F=33, P=0, S=1"),
+    ("conv0@3x3 fc11", "at least 1"),
+    ("", "non-empty"),
+])
+def test_bad_specs_are_explained(spec, message):
+    with pytest.raises(ValueError, match=message):
+        Net(spec)
+
+
+def test_predict_gives_probabilities_and_checks_its_input():
+    net = Net(seed=0)
+    x = np.random.default_rng(0).random((5, 1, 32, 32), dtype=np.float32)
+    probs = net.predict(x)
+    assert probs.shape == (5, 11)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    u8 = (x * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(net.predict(u8), net.predict(u8 / np.float32(255)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"patches must have shape \(N, 1, 32, 32\)"):
+        net.predict(x[:, :, :16])
+    with pytest.raises(TypeError, match="dtype"):
+        net.predict(np.zeros((1, 1, 32, 32), object))
+    with pytest.raises(RuntimeError, match="forward"):
+        net.backward(np.zeros((1, 11), np.float32))
