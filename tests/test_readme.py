@@ -7,12 +7,27 @@ import numpy as np
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_layer_example_runs():
+def examples():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert blocks, "README.md has no python example"
+    assert len(blocks) >= 2, "README.md lost its python examples"
+    return blocks
+
+
+def run(block):
     namespace = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    exec(compile(block, "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_readme_layer_example_runs():
+    namespace = run(examples()[0])
     assert namespace["out"].shape == (8, 16, 28, 28)
     assert namespace["dx"].shape == namespace["x"].shape
     assert np.isfinite(namespace["loss"])
     assert namespace["w_conv"].shape == (11, 16, 14, 14)
+
+
+def test_readme_model_example_runs():
+    namespace = run(examples()[1])
+    assert namespace["probs"].shape == (8, 11)
+    assert (namespace["probs"].argmax(axis=1) == namespace["labels"]).mean() >= 0.75
