@@ -218,6 +218,12 @@ class Net:
             jump *= getattr(layer, "stride", 1)
         return tuple(int(v) for v in np.minimum(field, self.window))
 
+    def to_fcn(self, strict=True):
+        """This net unrolled into a fully convolutional net (see :mod:`detector.fcn`)."""
+        from .fcn import unroll
+
+        return unroll(self, strict)
+
     # -- running -----------------------------------------------------------------------------
 
     def params_of(self, layer):

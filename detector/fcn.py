@@ -1,0 +1,105 @@
+"""The classifier unrolled into a fully convolutional net.
+
+Each fully-connected layer becomes a convolution: the first over the whole final feature
+map of the window (an FC over an MxMxN volume is a conv with MxM kernels), the next ones
+1x1. Run over a whole image, the net gives one score vector every ``total_stride`` pixels,
+equal to classifying the window at that place on its own.
+
+The result is exact unless a layer pads. Inside a lone window the padding holds zeros; over
+the whole image the same place holds the neighbouring pixels. Pools that leave rows over
+are exact, because the window's activations are a sub-block of the whole image's at every
+layer. Such a net sees less than its window, though, so its map runs past the windows that
+fit in the image; the map is cropped to those. ``Net.to_fcn(strict=True)`` refuses a padded net, and ``strict=False`` runs it with a
+warning that names the layers.
+"""
+import warnings
+
+import numpy as np
+
+from . import layers as L
+from .model import Conv, Linear, Pool
+
+# Activation memory one tile of rows may take; tiles overlap by the window and stitch
+# exactly, so the size changes speed and peak memory, never the scores.
+TILE_BYTES = 64 * 1024 * 1024
+
+
+class FullyConvNet:
+    """Scores of every window of an image in one pass: ``scores(x)`` for x (N, C, H, W)
+    normalised as the classifier's input, giving (N, classes, H', W') with
+    ``H' = floor((H - window) / stride) + 1``."""
+
+    def __init__(self, layers, params, window, total_stride, classes, normalisation, exact):
+        self.layers, self.params = layers, params
+        self.window, self.total_stride = window, total_stride
+        self.classes, self.normalisation, self.exact = classes, normalisation, exact
+
+    def _forward(self, x):
+        for layer in self.layers:
+            prefix = layer.name + "."
+            x, _ = layer.forward(x, {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)})
+        return x
+
+    def map_size(self, h, w):
+        """(rows, columns) of the score map of an h x w input."""
+        (wh, ww), (sh, sw) = self.window, self.total_stride
+        if h < wh or w < ww:
+            raise ValueError(f"the image is {h}x{w} (HxW) but the window is {wh}x{ww}: "
+                             "it must be at least as large as the window")
+        return (h - wh) // sh + 1, (w - ww) // sw + 1
+
+    def tile_rows(self, width, budget=TILE_BYTES):
+        """Score-map rows per tile so that one tile's activations fit in ``budget`` bytes."""
+        per_row, jump = 0, 1  # bytes of activations per input row, summed over layers
+        channels = None
+        for layer in self.layers:
+            jump *= getattr(layer, "stride", 1)
+            channels = getattr(layer, "filters", channels)
+            per_row += 4 * (channels or 1) * (width / jump) / jump
+        input_rows = budget / max(per_row, 1)
+        return max(1, int((input_rows - self.window[0]) // self.total_stride[0]) + 1)
+
+    def scores(self, x, tile_rows=None, check=None):
+        """Raw class scores (N, classes, H', W'), computed in tiles of ``tile_rows`` map rows.
+        ``check()`` runs between tiles (a deadline or cancellation may raise there)."""
+        n, _, h, w = x.shape
+        rows, cols = self.map_size(h, w)
+        if not self.exact:
+            return self._forward(x)  # padding: tiles would not stitch, and the map size differs
+        tile_rows = tile_rows or self.tile_rows(w)
+        out = np.empty((n, len(self.classes), rows, cols), x.dtype)
+        stride, window = self.total_stride[0], self.window[0]
+        for r0 in range(0, rows, tile_rows):
+            if check is not None:
+                check()
+            r1 = min(rows, r0 + tile_rows)
+            tile = self._forward(x[:, :, r0 * stride:(r1 - 1) * stride + window])
+            # a net whose pools leave rows over sees less than its window, so it also scores
+            # windows that would poke past the edge: keep the ones sliding windows have
+            out[:, :, r0:r1] = tile[:, :, :r1 - r0, :cols]
+        return out
+
+
+def unroll(net, strict=True):
+    """The :class:`FullyConvNet` of ``net`` (see the module docstring)."""
+    padded = [f"{layer.name} pads by {layer.padding}" for layer in net.layers
+              if isinstance(layer, (Conv, Pool)) and layer.padding]
+    if padded:
+        message = ("this net cannot be unrolled exactly: " + ", ".join(padded) + ". Inside one window "
+                   "the padding holds zeros, over the whole image it holds the neighbouring pixels, "
+                   "so the fully convolutional scores differ from sliding windows near every padded edge")
+        if strict:
+            raise ValueError(message + "; pass strict=False to run it anyway")
+        warnings.warn(message, stacklevel=3)
+    layers, params = [], {}
+    for layer, shape in zip(net.layers, net.shapes):
+        own = net.params_of(layer)
+        if isinstance(layer, Linear):
+            in_shape = shape if len(shape) == 3 else (shape[0], 1, 1)
+            w, b = L.linear_to_conv(own["w"], own["b"], tuple(in_shape))
+            layer = Conv(layer.outputs, in_shape[1:], name=layer.name)
+            own = {"w": w, "b": b}
+        layers.append(layer)
+        params.update({f"{layer.name}.{k}": v for k, v in own.items()})
+    return FullyConvNet(layers, params, net.window, net.total_stride, list(net.classes),
+                        dict(net.normalisation), exact=not padded)

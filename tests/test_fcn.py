@@ -1,0 +1,89 @@
+"""The fully convolutional net equals sliding windows at its stride, position by position."""
+import numpy as np
+import pytest
+
+import detector
+from detector.bench.detect import layer_flops
+from detector.detect import _fcn_scores, _sliding_scores
+from detector.model import Net
+
+CLASSES = ["bg", "a", "b", "c"]
+ARCHITECTURES = [
+    ("conv4@5x5 relu maxpool2 conv6@3x3 relu maxpool2 fc16 relu fc4", (1, 24, 24)),
+    ("conv3@3x3/2 relu avgpool2 fc4", (1, 17, 17)),                  # a strided conv, pools leave rows over
+    ("conv4@3x3 relu l2pool3/2 conv5@1x1 relu maxpool2 fc4", (1, 20, 20)),
+    ("conv2@4x2 relu maxpool2/3 fc8 relu fc6 relu fc4", (1, 16, 13)),  # rectangular; stride above size
+]
+
+
+def image(h, w, seed=0):
+    return np.random.default_rng(seed).standard_normal((1, 1, h, w)).astype(np.float32)
+
+
+def sizes_for(window, stride):
+    """Exactly the window, sizes that do not divide the stride, and a larger odd size."""
+    wh, ww = window
+    return [(wh, ww), (wh + stride - 1, ww + 1), (wh + 2 * stride + 1, ww + 3 * stride - 1), (wh + 37, ww + 29)]
+
+
+@pytest.mark.parametrize("spec, shape", ARCHITECTURES)
+def test_random_nets_match_sliding_windows(spec, shape):
+    net = Net(spec, shape, CLASSES, seed=7)
+    fcn = net.to_fcn()
+    stride = net.total_stride[0]
+    for h, w in sizes_for(net.window, stride):
+        x = image(h, w)
+        dense = fcn.scores(x)[0]
+        assert dense.shape[1:] == ((h - net.window[0]) // stride + 1, (w - net.window[1]) // stride + 1)
+        np.testing.assert_allclose(dense, _sliding_scores(net, x, stride, None), atol=1e-4, rtol=0)
+        for tile_rows in (1, 2, 3):
+            np.testing.assert_allclose(fcn.scores(x, tile_rows)[0], dense, atol=1e-4, rtol=0)
+
+
+def test_default_model_matches_sliding_windows_through_tiles():
+    net = detector.load_model()
+    fcn = net.to_fcn()
+    for h, w in [(32, 32), (35, 33), (77, 101), (150, 43)]:
+        x = net.normalise(np.random.default_rng(h).random((1, 1, h, w), dtype=np.float32))
+        sliding = _sliding_scores(net, x, 4, None)
+        for tile_rows in (None, 1, 4):
+            np.testing.assert_allclose(fcn.scores(x, tile_rows)[0], sliding, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shift_and_stitch_matches_sliding_at_the_finer_stride(stride):
+    net = detector.load_model()
+    fcn = net.to_fcn()
+    x = net.normalise(np.random.default_rng(3).random((1, 1, 45, 51), dtype=np.float32))
+    stitched = _fcn_scores(fcn, x, stride, None, None)
+    assert stitched.shape[1:] == ((45 - 32) // stride + 1, (51 - 32) // stride + 1)
+    np.testing.assert_allclose(stitched, _sliding_scores(net, x, stride, None), atol=1e-4, rtol=0)
+
+
+def test_padded_net_is_refused_or_run_with_a_warning():
+    net = Net("conv4@3x3+1 relu maxpool2 fc4", (1, 8, 8), CLASSES, seed=0)
+    with pytest.raises(ValueError, match="conv1 pads by 1"):
+        net.to_fcn()
+    with pytest.warns(UserWarning, match="conv1 pads by 1.*differ from sliding windows"):
+        fcn = net.to_fcn(strict=False)
+    assert not fcn.exact
+    x = image(20, 20)
+    # the warning is true: the scores do differ
+    dense, sliding = fcn.scores(x)[0], _sliding_scores(net, x, 2, None)
+    assert dense.shape == sliding.shape and not np.allclose(dense, sliding, atol=1e-4)
+
+
+def test_fc_layers_become_convolutions_with_the_same_flops_on_one_window():
+    net = detector.load_model()
+    fcn = net.to_fcn()
+    assert [type(layer).__name__ for layer in fcn.layers][-3:] == ["Conv", "Relu", "Conv"]
+    assert fcn.params["fc1.w"].shape == (128, 32, 5, 5) and fcn.params["fc2.w"].shape == (11, 128, 1, 1)
+    assert fcn.window == net.window and fcn.total_stride == net.total_stride
+    one_window = 2 * (16 * 28 * 28 * 25 + 32 * 10 * 10 * 400 + 128 * 800 + 11 * 128)
+    assert layer_flops(net.layers, (1, 32, 32)) == one_window
+    assert layer_flops(fcn.layers, (1, 32, 32)) == one_window
+
+
+def test_image_smaller_than_the_window_names_both_sizes():
+    with pytest.raises(ValueError, match="the image is 20x40 .* window is 32x32"):
+        detector.load_model().to_fcn().scores(image(20, 40))
