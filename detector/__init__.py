@@ -10,6 +10,7 @@ The layer API is :mod:`detector.layers`; :func:`set_num_threads` sets the kernel
 from pathlib import Path
 
 from . import layers
+from .detect import detect
 from .model import Net
 from .threads import get_num_threads, set_num_threads
 
@@ -23,4 +24,4 @@ def load_model(path=None):
     return load(str(DEFAULT_MODEL if path is None else path))
 
 
-__all__ = ["DEFAULT_MODEL", "Net", "layers", "load_model", "get_num_threads", "set_num_threads"]
+__all__ = ["DEFAULT_MODEL", "Net", "detect", "layers", "load_model", "get_num_threads", "set_num_threads"]

@@ -48,6 +48,13 @@ def _glyph(digit, font, stroke):
     return mask
 
 
+@functools.lru_cache(maxsize=None)
+def glyph_aspect(digit):
+    """A digit's mean ink width / height over the fonts and strokes drawn."""
+    return float(np.mean([_glyph(digit, f, s).shape[1] / _glyph(digit, f, s).shape[0]
+                          for f in _FONTS for s in _STROKES]))
+
+
 def draw_digit(canvas, digit, center, height, rng, value):
     """Blend ``digit`` into the float32 ``canvas`` with its ink box centred at ``center``
     (x, y), ``height`` pixels tall, in intensity ``value``; font, stroke and a small
@@ -199,3 +206,42 @@ def preview(x, labels, columns=16, zoom=3):
         name = CLASSES[labels[i]] if labels[i] else "bg"
         cv2.putText(grid, name, (c * cell + 2, y0 + cell + caption - 3), cv2.FONT_HERSHEY_PLAIN, 0.9, 0, 1)
     return grid
+
+
+SCENE_SIZES = ((160, 120), (1280, 960))  # smallest and largest (width, height)
+SCENE_DIGIT_HEIGHT = (16, 160)  # pixels
+
+
+def scene(seed, size=None, digits=None):
+    """A cluttered canvas with digits at many sizes: (uint8 (H, W) image, boxes (N, 4) as
+    (x0, y0, x1, y1), labels (N,) digit strings). ``size`` is (width, height); by default
+    it is drawn between :data:`SCENE_SIZES` with a 4:3 aspect. ``digits`` is how many to
+    place (by default a number that suits the area); they never overlap."""
+    rng = np.random.default_rng(seed)
+    if size is None:
+        width = int(rng.integers(SCENE_SIZES[0][0], SCENE_SIZES[1][0] + 1))
+        size = (width, width * 3 // 4)
+    width, height = size
+    canvas = clutter((height, width), rng)
+    if digits is None:
+        digits = int(rng.integers(2, 4 + width * height // 40000 + 1))
+    boxes, labels = [], []
+    for _ in range(digits * 20):  # tries
+        if len(boxes) == digits:
+            break
+        top = min(SCENE_DIGIT_HEIGHT[1], 0.6 * height)
+        h = float(np.exp(rng.uniform(np.log(SCENE_DIGIT_HEIGHT[0]), np.log(top))))
+        digit = int(rng.integers(10))
+        w = h * glyph_aspect(digit)
+        margin = 0.25 * h  # keep digits apart, so each window holds one at most
+        cx, cy = rng.uniform(w / 2 + 2, width - w / 2 - 2), rng.uniform(h / 2 + 2, height - h / 2 - 2)
+        box = (cx - w / 2 - margin, cy - h / 2 - margin, cx + w / 2 + margin, cy + h / 2 + margin)
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+            continue
+        patch = canvas[max(0, int(cy - h)):int(cy + h) + 1, max(0, int(cx - w)):int(cx + w) + 1]
+        drawn = draw_digit(canvas, digit, (cx, cy), h, rng, ink_value(patch, rng))
+        boxes.append(box)
+        labels.append((str(digit), drawn))
+    image = (finish(canvas, rng) * 255).round().astype(np.uint8)
+    return (image, np.array([d for _, d in labels], np.float64).reshape(-1, 4),
+            np.array([c for c, _ in labels]))
