@@ -56,3 +56,31 @@ def test_bad_settings_are_refused(tmp_path, field, value, message):
     setattr(config, field, value)
     with pytest.raises(ValueError, match=message):
         train(config, log=lambda *_: None)
+
+
+def test_mining_takes_only_detections_off_the_ground_truth():
+    import detector
+    from detector import data
+    from detector.detect import detect
+    from detector.nms import iou
+    from detector.train import false_positives, mine_negatives
+
+    net = detector.load_model()
+    image, boxes, _ = data.scene(71, size=(480, 360))
+    everything = detect(image, net, max_detections=None, score_threshold=0.05).detections
+    mined = false_positives(net, image, boxes, score_threshold=0.05)
+    on_digits = [d for d in everything if iou(np.array(d.box), boxes).max() >= 0.5]
+    assert mined and on_digits, "the scene must give both kinds of detection"
+    assert all(iou(np.array(d.box), boxes).max() < 0.5 for d in mined)
+    assert len(mined) + len(on_digits) == len(everything)
+    patches = mine_negatives(net, [77, 78])
+    assert patches.shape[1:] == (1, 32, 32) and patches.dtype == np.float32
+    assert 0 <= patches.min() and patches.max() <= 1
+
+
+def test_mining_round_adds_background_and_records_it(tmp_path):
+    config = small_config(tmp_path, mine_rounds=1, mine_scenes=3, mine_epochs=1)
+    net, summary = train(config, log=lambda *_: None)
+    assert summary["mined_negatives"] > 0
+    assert len(summary["history"]) == config.epochs + 1
+    assert checkpoint.load(str(tmp_path / "m.npz")).metrics["mined_negatives"] == summary["mined_negatives"]
