@@ -10,7 +10,7 @@ BUILD_SOURCES := setup.py pyproject.toml $(wildcard ext/*.pyx ext/*.pxd)
 .PHONY: demo test install clean
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/detector bench layers
+	$(VENV)/bin/detector demo
 
 test: $(VENV)/.installed $(VENV)/.reference
 	$(PY) -m pytest

@@ -1,0 +1,118 @@
+"""``detector bench detect``: sliding windows against the fully convolutional net.
+
+For each image size, one pyramid level at scale 1 and the net's stride: the median time of
+each mode, their ratio beside the ratio of their FLOP counts, the largest difference between
+their score maps, and the peak memory NumPy allocates for each (tracemalloc). A large image
+is also run through the FCN alone, for its peak memory.
+"""
+import json
+import tracemalloc
+
+import numpy as np
+
+from .. import data, load_model
+from ..detect import _sliding_scores, as_gray
+from ..model import Conv, Linear
+from .timing import median_seconds
+
+
+def layer_flops(layers, shape):
+    """FLOPs (2 per multiply-add) of conv and fc layers on an input of ``shape`` (C, H, W)."""
+    total, shape = 0.0, tuple(shape)
+    for layer in layers:
+        out = layer.shape_after(shape)
+        if isinstance(layer, Conv):
+            total += 2.0 * np.prod(out) * shape[0] * np.prod(layer.size)
+        elif isinstance(layer, Linear):
+            total += 2.0 * layer.outputs * np.prod(shape)
+        shape = out
+    return total
+
+
+def _peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def run(sizes=(128, 256, 512, 1024), large=4096, seed=0):
+    net = load_model()
+    fcn = net.to_fcn()
+    stride = net.total_stride[0]
+    rows = []
+    for size in sizes:
+        image, _, _ = data.scene(seed, size=(size, size))
+        x = net.normalise(as_gray(image))[None, None].astype(np.float32)
+        map_rows, map_cols = fcn.map_size(size, size)
+        sliding = median_seconds(lambda: _sliding_scores(net, x, stride, None), min_repeats=3, min_seconds=1)
+        dense = median_seconds(lambda: fcn.scores(x), min_repeats=5, min_seconds=1)
+        difference = float(np.abs(_sliding_scores(net, x, stride, None) - fcn.scores(x)[0]).max())
+        sliding_flops = map_rows * map_cols * layer_flops(net.layers, net.input_shape)
+        dense_flops = layer_flops(fcn.layers, (1, size, size))
+        rows.append({
+            "size": size, "windows": map_rows * map_cols,
+            "sliding_ms": sliding * 1e3, "fcn_ms": dense * 1e3, "speedup": sliding / dense,
+            "flop_ratio": sliding_flops / dense_flops, "max_abs_difference": difference,
+            "sliding_peak_mb": _peak_bytes(lambda: _sliding_scores(net, x, stride, None)) / 2**20,
+            "fcn_peak_mb": _peak_bytes(lambda: fcn.scores(x)) / 2**20,
+        })
+    result = {"stride": stride, "window": list(net.window), "sizes": rows}
+    if large:
+        image = np.random.default_rng(seed).random((large, large), dtype=np.float32)
+        x = net.normalise(image)[None, None].astype(np.float32)
+        # x was allocated before tracing: the peak is what the FCN adds, its output included
+        result["large"] = {"size": large, "fcn_peak_mb": _peak_bytes(lambda: fcn.scores(x)) / 2**20,
+                           "input_mb": x.nbytes / 2**20}
+    return result
+
+
+def format_table(result):
+    lines = [f"detector bench detect: one level at scale 1, stride {result['stride']}, "
+             f"window {result['window'][0]}x{result['window'][1]}; medians of repeated runs", "",
+             f"{'size':>6}{'windows':>9}{'sliding ms':>12}{'fcn ms':>10}{'speed-up':>10}{'FLOP ratio':>12}"
+             f"{'speed-up/FLOPs':>16}{'max |diff|':>12}{'peak MB sl/fcn':>16}"]
+    for r in result["sizes"]:
+        lines.append(f"{r['size']:>6}{r['windows']:>9}{r['sliding_ms']:>12.1f}{r['fcn_ms']:>10.2f}"
+                     f"{r['speedup']:>10.1f}{r['flop_ratio']:>12.1f}{r['speedup'] / r['flop_ratio']:>16.2f}"
+                     f"{r['max_abs_difference']:>12.1e}{r['sliding_peak_mb']:>8.1f}/{r['fcn_peak_mb']:.1f}")
+    if "large" in result:
+        big = result["large"]
+        lines.append(f"\nFCN on {big['size']}x{big['size']}: peak memory {big['fcn_peak_mb']:.0f} MB "
+                     f"beyond its {big['input_mb']:.0f} MB input")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["size"] for r in result["sizes"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.loglog(sizes, [r["sliding_ms"] for r in result["sizes"]], "o-", label="sliding windows")
+    ax.loglog(sizes, [r["fcn_ms"] for r in result["sizes"]], "s-", label="fully convolutional")
+    ax.set_xlabel("image size (pixels per side)")
+    ax.set_ylabel("time (ms, median)")
+    ax.set_title("one pyramid level at the net's stride")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args):
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    if any(s < 32 for s in sizes):
+        raise ValueError(f"every size must be at least the 32-pixel window, got {args.sizes}")
+    result = run(sizes, args.large)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.plot:
+        plot(result, args.plot)
+        if not args.json:
+            print(f"wrote {args.plot}")
+    return 0
