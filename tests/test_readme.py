@@ -31,3 +31,8 @@ def test_readme_model_example_runs():
     namespace = run(examples()[1])
     assert namespace["probs"].shape == (8, 11)
     assert (namespace["probs"].argmax(axis=1) == namespace["labels"]).mean() >= 0.75
+
+
+def test_readme_detection_example_runs():
+    namespace = run(examples()[2])
+    assert namespace["result"].detections and namespace["level"].scores.shape[0] == 11
