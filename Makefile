@@ -5,7 +5,7 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
-BUILD_SOURCES := setup.py pyproject.toml $(wildcard ext/*.pyx ext/*.pxd)
+BUILD_SOURCES := setup.py pyproject.toml protos/detector.proto $(wildcard ext/*.pyx ext/*.pxd)
 
 .PHONY: demo test install clean
 
@@ -23,7 +23,7 @@ $(PY):
 # The build requirements of pyproject.toml go into the venv so that rebuilds skip build
 # isolation: faster, and Cython's generated C in build/ is reused when a .pyx is unchanged.
 $(VENV)/.installed: $(PY) $(BUILD_SOURCES)
-	$(PIP) install -q --upgrade pip "setuptools>=69" wheel "cython>=3.0.10" "scipy-openblas32>=0.3.27"
+	$(PIP) install -q --upgrade pip "setuptools>=69" wheel "cython>=3.0.10" "scipy-openblas32>=0.3.27" "grpcio-tools>=1.60"
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 	touch $@
 

@@ -1,8 +1,10 @@
-"""Builds the Cython kernels in ext/ into detector._ext.* (project metadata: pyproject.toml).
+"""Builds the Cython kernels in ext/ into detector._ext.*, and the gRPC stubs of
+protos/detector.proto into detector_server (project metadata: pyproject.toml).
 
 OpenMP is used when the C compiler accepts -fopenmp (set DETECTOR_NO_OPENMP=1 to build
 without it); without it the kernels run serially and give the same results.
 """
+import importlib.util
 import os
 import subprocess
 import sysconfig
@@ -43,6 +45,15 @@ def openmp_flags():
     return ["-fopenmp"]
 
 
+def generate_stubs():
+    """The gRPC stubs, generated here so that they always match protos/detector.proto."""
+    spec = importlib.util.spec_from_file_location("protoc", "server/detector_server/protoc.py")
+    protoc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protoc)
+    protoc.generate("protos", "server/detector_server")
+
+
+generate_stubs()
 omp = openmp_flags()
 extensions = [
     Extension(

@@ -1,0 +1,295 @@
+"""The gRPC service, against real servers on loopback ports started by the tests."""
+import filecmp
+import json
+import re
+import shutil
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import detector
+import detector_server
+from detector import data
+from detector_server import DetectorClient, score_maps, start_server
+from detector_server import detector_pb2 as pb
+from detector_server import protoc
+
+NET = detector.load_model()
+SMALL = data.scene(21, size=(160, 120))[0]
+BIG = data.scene(22, size=(1280, 960))[0]
+
+
+@pytest.fixture(scope="module")
+def server():
+    running = start_server(port=0, workers=2, max_message_mb=4, max_pixels=4_000_000)
+    yield running
+    running.stop(0).wait()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with DetectorClient(server.address, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def one_worker():
+    """A server that can run one call at a time and hold one more."""
+    running = start_server(port=0, workers=1, max_concurrent=2)
+    yield running
+    running.stop(0).wait()
+
+
+def png(image):
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def same_detections(reply, result):
+    assert [d.label for d in reply.detections] == [d.label for d in result.detections]
+    assert [d.score for d in reply.detections] == pytest.approx([d.score for d in result.detections], abs=1e-6)
+    got = [(d.box.x0, d.box.y0, d.box.x1, d.box.y1) for d in reply.detections]
+    np.testing.assert_allclose(np.array(got).reshape(-1, 4), np.array([d.box for d in result.detections]).reshape(-1, 4),
+                               atol=1e-3)
+
+
+def test_stubs_match_the_proto(tmp_path):
+    protoc.generate("protos", str(tmp_path))
+    installed = detector_server.__path__[0]
+    for name in protoc.STUBS:
+        assert filecmp.cmp(tmp_path / name, f"{installed}/{name}", shallow=False), (
+            f"{name} is stale against protos/detector.proto: reinstall (make install) to regenerate it")
+
+
+@pytest.mark.parametrize("mode, name", [(pb.FCN, "fcn"), (pb.SLIDING, "sliding")])
+def test_real_image_gives_the_same_detections_as_in_process(client, mode, name):
+    image = data.scene(23, size=(200, 150))[0]
+    reply = client.stub.Detect(pb.DetectRequest(encoded=png(image), mode=mode))
+    same_detections(reply, detector.detect(image, NET, mode=name))
+    assert (reply.image_height, reply.image_width) == (150, 200)
+    assert reply.model.name == "default.npz" and len(reply.model.checksum) == 64
+    assert reply.timings.total_ms >= reply.timings.inference_ms > 0
+
+
+def test_raw_pixels_and_score_maps(client):
+    image = data.scene(24, size=(160, 120))[0]
+    colour = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    reply = client.detect(colour, return_score_maps=True, class_agnostic=True)
+    result = detector.detect(colour, NET, class_agnostic=True, return_maps=True)
+    same_detections(reply, result)
+    maps = score_maps(reply)
+    assert len(maps) == len(result.levels)
+    for (scale, stride, scores), level in zip(maps, result.levels):
+        assert scale == pytest.approx(level.scale) and stride == level.stride
+        np.testing.assert_array_equal(scores, level.scores)
+
+
+def test_knobs_reach_detect(client):
+    image = data.scene(25, size=(320, 240))[0]
+    reply = client.detect(image, score_threshold=0.2, nms_iou=0.5, max_detections=2, scales=[1.0], stride=2)
+    same_detections(reply, detector.detect(image, NET, score_threshold=0.2, nms_iou=0.5, max_detections=2,
+                                            scales=[1.0], stride=2))
+
+
+def huge_png_header(width, height):
+    """A tiny, valid-looking PNG that claims width x height pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
+
+
+BAD_REQUESTS = [
+    (pb.DetectRequest(encoded=b"garbage bytes"), "INVALID_ARGUMENT", "neither PNG nor JPEG"),
+    (pb.DetectRequest(encoded=b""), "INVALID_ARGUMENT", "the encoded image is empty"),
+    (pb.DetectRequest(), "INVALID_ARGUMENT", "has no image"),
+    (pb.DetectRequest(encoded=png(SMALL)[:60]), "INVALID_ARGUMENT", "cannot be decoded"),
+    (pb.DetectRequest(encoded=cv2.imencode(".jpg", SMALL)[1].tobytes()[:40]), "INVALID_ARGUMENT", "JPEG"),
+    (pb.DetectRequest(raw=pb.RawImage(height=10, width=10, channels=1, data=b"\x00" * 99)), "INVALID_ARGUMENT",
+     "has 99 bytes but 10x10x1"),
+    (pb.DetectRequest(raw=pb.RawImage(height=40, width=40, channels=2, data=b"\x00" * 3200)), "INVALID_ARGUMENT",
+     "1, 3 or 4 channels"),
+    (pb.DetectRequest(raw=pb.RawImage(height=0, width=40, channels=1)), "INVALID_ARGUMENT", "empty"),
+    (pb.DetectRequest(encoded=png(np.zeros((20, 40), np.uint8))), "INVALID_ARGUMENT", "20x40 .* window is 32x32"),
+    (pb.DetectRequest(encoded=png(SMALL), mode=7), "INVALID_ARGUMENT", "unknown mode 7"),
+    (pb.DetectRequest(encoded=png(SMALL), score_threshold=1.5), "INVALID_ARGUMENT", "score_threshold"),
+    (pb.DetectRequest(encoded=png(SMALL), stride=3), "INVALID_ARGUMENT", "must divide"),
+    (pb.DetectRequest(encoded=huge_png_header(100000, 100000)), "RESOURCE_EXHAUSTED", "10000000000 pixels"),
+    (pb.DetectRequest(raw=pb.RawImage(height=3000, width=3000, channels=1)), "RESOURCE_EXHAUSTED", "at most 4000000"),
+    (pb.DetectRequest(encoded=b"\x89PNG\r\n\x1a\n" + b"\x00" * 5 * 2**20), "RESOURCE_EXHAUSTED", ""),
+]
+
+
+@pytest.mark.parametrize("request_, code, message", BAD_REQUESTS, ids=range(len(BAD_REQUESTS)))
+def test_bad_requests_get_their_status_and_the_server_keeps_serving(client, request_, code, message):
+    with pytest.raises(grpc.RpcError) as error:
+        client.stub.Detect(request_, timeout=30)
+    assert error.value.code().name == code
+    assert re.search(message, error.value.details() or "")
+    assert client.detect(SMALL).image_width == 160
+
+
+def test_deadline_stops_the_work(one_worker):
+    with DetectorClient(one_worker.address) as c:
+        start = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as error:
+            c.detect(BIG, mode="sliding", timeout=0.5)  # about a minute of work
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # one worker: this call waits for the big one unless that one really stopped
+        assert c.detect(SMALL, timeout=20).image_width == 160
+        assert time.perf_counter() - start < 20
+
+
+def test_cancelled_call_stops_the_work(one_worker):
+    with DetectorClient(one_worker.address) as c:
+        future = c.stub.Detect.future(c.request(BIG, mode="sliding"))
+        time.sleep(0.5)
+        future.cancel()
+        start = time.perf_counter()
+        assert c.detect(SMALL, timeout=20).image_width == 160
+        assert time.perf_counter() - start < 20
+
+
+def test_too_many_concurrent_calls_are_refused_not_queued(one_worker):
+    with DetectorClient(one_worker.address) as c:
+        running = [c.stub.Detect.future(c.request(BIG, mode="sliding"), timeout=3) for _ in range(2)]
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as error:
+            c.detect(SMALL, timeout=20)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for future in running:
+            with pytest.raises(grpc.RpcError):
+                future.result()
+        time.sleep(0.5)
+        assert c.detect(SMALL, timeout=20).image_width == 160
+
+
+def test_concurrent_clients_get_their_own_answers(server):
+    scenes = [data.scene(30 + i, size=(200, 150))[0] for i in range(6)]
+    expected = [detector.detect(s, NET) for s in scenes]
+
+    def call(i):
+        with DetectorClient(server.address) as c:
+            return c.detect(png(scenes[i]), timeout=60)
+
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(call, range(6)))
+    for reply, result in zip(replies, expected):
+        same_detections(reply, result)
+
+
+def test_health_goes_not_serving_on_shutdown_and_calls_in_flight_finish():
+    running = start_server(port=0, workers=1)
+    channel = grpc.insecure_channel(running.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    ask = health_pb2.HealthCheckRequest(service="detector.v1.Detector")
+    assert health.Check(ask).status == health_pb2.HealthCheckResponse.SERVING
+    c = DetectorClient(running.address)
+    in_flight = c.stub.Detect.future(c.request(data.scene(26, size=(640, 480))[0], mode="sliding"), timeout=60)
+    time.sleep(0.3)
+    stopping = threading.Thread(target=lambda: running.stop(grace=60, notice=1.0).wait())
+    stopping.start()
+    time.sleep(0.3)
+    assert health.Check(ask).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert in_flight.result().image_width == 640  # the call in flight completes
+    stopping.join(60)
+    with pytest.raises(grpc.RpcError) as error:
+        c.detect(SMALL, timeout=5)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    c.close()
+    channel.close()
+
+
+def test_token_is_required_when_set_but_health_is_open():
+    running = start_server(port=0, workers=1, token="s3cret")
+    try:
+        with DetectorClient(running.address) as anonymous:
+            with pytest.raises(grpc.RpcError) as error:
+                anonymous.model_info()
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            health = health_pb2_grpc.HealthStub(anonymous.channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        with DetectorClient(running.address, token="wrong") as wrong:
+            with pytest.raises(grpc.RpcError):
+                wrong.model_info()
+        with DetectorClient(running.address, token="s3cret") as allowed:
+            assert allowed.model_info().stride == 4
+    finally:
+        running.stop(0).wait()
+
+
+def test_tls(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    running = start_server(port=0, workers=1, tls=(cert.read_bytes(), key.read_bytes()))
+    try:
+        with DetectorClient(running.address, root_certificates=cert.read_bytes()) as secure:
+            assert secure.model_info().window_height == 32
+        with DetectorClient(running.address, timeout=2) as plain:
+            with pytest.raises(grpc.RpcError):
+                plain.model_info()
+    finally:
+        running.stop(0).wait()
+
+
+def test_two_replicas_share_calls_by_round_robin():
+    replicas = [start_server(port=0, workers=1) for _ in range(2)]
+    try:
+        target = "ipv4:" + ",".join(r.address for r in replicas)
+        config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
+                             "healthCheckConfig": {"serviceName": "detector.v1.Detector"}})
+        with DetectorClient(target, options=[("grpc.service_config", config)]) as c:
+            served = {c.model_info().served_by for _ in range(10)}
+            assert served == {r.address for r in replicas}
+            replies = [c.detect(SMALL).served_by for _ in range(4)]
+            assert set(replies) == served
+    finally:
+        for r in replicas:
+            r.stop(0).wait()
+
+
+def test_reflection_lists_the_services(server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(server.address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"detector.v1.Detector", "grpc.health.v1.Health"} <= services
+
+
+def test_model_info(client):
+    info = client.model_info()
+    assert list(info.classes) == NET.classes and info.spec == NET.spec
+    assert (info.window_height, info.window_width, info.stride) == (32, 32, 4)
+    assert json.loads(info.metrics_json)["val_accuracy"] >= 0.98
+
+
+def test_every_call_is_logged(server, client, caplog):
+    caplog.set_level("INFO", logger="detector_server")
+    client.detect(SMALL, mode="sliding")
+    with pytest.raises(grpc.RpcError):
+        client.stub.Detect(pb.DetectRequest(encoded=b"junk"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "detector_server"]
+    assert any("/detector.v1.Detector/Detect" in m and "mode=SLIDING status=OK ms=" in m for m in lines)
+    assert any("status=INVALID_ARGUMENT" in m for m in lines)
+
+
+def test_client_command(server, tmp_path, capsys):
+    from detector.cli import main
+
+    path = tmp_path / "scene.png"
+    cv2.imwrite(str(path), SMALL)
+    assert main(["client", str(path), "--addr", server.address, "--json", "--out", str(tmp_path / "b.png")]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["image_size"] == [120, 160] and reply["served_by"] == server.address
+    assert cv2.imread(str(tmp_path / "b.png")).shape == (120, 160, 3)
