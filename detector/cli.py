@@ -1,6 +1,7 @@
-"""The detector command line: train, detect, eval, data, bench, demo."""
+"""The detector command line: train, detect, eval, data, bench, serve, client, demo."""
 import argparse
 import json
+import os
 import sys
 
 
@@ -82,6 +83,41 @@ def _parser():
     bdetect.add_argument("--large", type=int, default=4096, help="side of the image for the FCN's peak memory (0: skip)")
     bdetect.add_argument("--json", action="store_true", help="print one JSON object")
     bdetect.add_argument("--plot", help="write a plot of time against size (PNG)")
+
+    bserve = targets.add_parser("serve", help="served throughput and latency under concurrent load")
+    bserve.add_argument("--addr", help="a running server (default: start one on loopback)")
+    bserve.add_argument("--concurrency", default="1,4,16", help="client threads, comma-separated")
+    bserve.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
+    bserve.add_argument("--mode", choices=("fcn", "sliding"), default="fcn")
+    bserve.add_argument("--size", default="640x480", help="image size WxH")
+    bserve.add_argument("--json", action="store_true", help="print one JSON object")
+
+    serve = commands.add_parser("serve", help="serve detection over gRPC (detector.v1)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=50051, help="0 takes a free port")
+    serve.add_argument("--model", help="checkpoint (.npz); default: the shipped model")
+    serve.add_argument("--workers", type=int, help="requests run at once (default: the cores)")
+    serve.add_argument("--threads", type=int, help="kernel threads per request (default: cores / workers)")
+    serve.add_argument("--max-message-mb", type=float, default=16, help="largest request or reply")
+    serve.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image, checked before decoding")
+    serve.add_argument("--max-concurrent", type=int, help="calls in the server at once, running or queued (default: 8 x workers)")
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    serve.add_argument("--token", default=os.environ.get("DETECTOR_TOKEN"),
+                       help="require 'authorization: Bearer TOKEN' (default: $DETECTOR_TOKEN)")
+    serve.add_argument("--grace", type=float, default=30, help="seconds calls in flight get on SIGTERM")
+
+    client = commands.add_parser("client", help="call a detector server")
+    client.add_argument("image", help="PNG or JPEG file")
+    client.add_argument("--addr", default="127.0.0.1:50051")
+    client.add_argument("--mode", choices=("fcn", "sliding"), default="fcn")
+    client.add_argument("--threshold", type=float, help="smallest score kept (server default 0.5)")
+    client.add_argument("--class-agnostic", action="store_true")
+    client.add_argument("--json", action="store_true", help="print the reply as JSON")
+    client.add_argument("--out", help="write the image with boxes (PNG)")
+    client.add_argument("--token", default=os.environ.get("DETECTOR_TOKEN"))
+    client.add_argument("--tls-ca", help="PEM root certificates: connect with TLS")
+    client.add_argument("--timeout", type=float, default=60, help="seconds before DEADLINE_EXCEEDED")
 
     demo = commands.add_parser("demo", help="draw a scene, detect with both modes, compare")
     demo.add_argument("--out", default="demo-output", help="folder for the pictures")
@@ -187,19 +223,88 @@ def _data(args):
 
 
 def _bench(args):
+    if args.target == "serve":
+        from detector_server import bench
+
+        return bench.main(args)
     from .bench import detect, layers
 
     return (layers if args.target == "layers" else detect).main(args)
 
 
-def _demo(args):
-    from .demo import run
+def _serve(args):
+    from detector_server import serve
 
-    run(args.out, args.seed)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    tls = None
+    if args.tls_cert:
+        with open(args.tls_cert, "rb") as cert, open(args.tls_key, "rb") as key:
+            tls = (cert.read(), key.read())
+    return serve(grace=args.grace, model=args.model, host=args.host, port=args.port, workers=args.workers,
+                 threads=args.threads, max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
+                 max_concurrent=args.max_concurrent, token=args.token, tls=tls)
+
+
+def _client(args):
+    import grpc
+
+    from detector_server import DetectorClient, reply_to_dict
+
+    options = {"class_agnostic": args.class_agnostic}
+    if args.threshold is not None:
+        options["score_threshold"] = args.threshold
+    ca = open(args.tls_ca, "rb").read() if args.tls_ca else None
+    with DetectorClient(args.addr, token=args.token, root_certificates=ca, timeout=args.timeout) as client:
+        try:
+            reply = client.detect(args.image, mode=args.mode, **options)
+        except grpc.RpcError as error:
+            print(f"detector: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    result = reply_to_dict(reply)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for d in result["detections"]:
+            print(f"{d['label']} {d['score']:.3f} " + " ".join(f"{v:.1f}" for v in d["box"]))
+        print(f"{len(result['detections'])} detections, {result['timings_ms']['total_ms']:.0f} ms on "
+              f"{result['served_by']} ({result['model']['name']} {result['model']['checksum'][:12]})")
+    if args.out:
+        import cv2
+
+        from . import draw
+        from .detect import Detection
+
+        found = [Detection(tuple(d["box"]), d["label"], d["score"]) for d in result["detections"]]
+        picture = draw.boxes(cv2.imread(args.image, cv2.IMREAD_GRAYSCALE), found)
+        if not cv2.imwrite(args.out, picture):
+            raise ValueError(f"could not write {args.out}")
     return 0
 
 
-HANDLERS = {"train": _train, "detect": _detect, "eval": _eval, "data": _data, "bench": _bench, "demo": _demo}
+def _demo(args):
+    from detector_server import DetectorClient, reply_to_dict, start_server
+
+    from .demo import run
+
+    run(args.out, args.seed)
+    # the same scene through the service: a server on a free loopback port, one call, shut down
+    running = start_server(port=0)
+    try:
+        with DetectorClient(running.address, timeout=60) as client:
+            reply = reply_to_dict(client.detect(os.path.join(args.out, "scene.png")))
+    finally:
+        running.stop(grace=5).wait()
+    print(f"\ngRPC: a server on {running.address} answered {len(reply['detections'])} detections "
+          f"in {reply['timings_ms']['total_ms']:.0f} ms ({reply['model']['name']} "
+          f"{reply['model']['checksum'][:12]}), then shut down:")
+    for d in reply["detections"]:
+        print(f"  {d['label']} {d['score']:.3f} ({', '.join(f'{v:.0f}' for v in d['box'])})")
+    return 0
+
+
+HANDLERS = {"train": _train, "detect": _detect, "eval": _eval, "data": _data, "bench": _bench,
+            "serve": _serve, "client": _client, "demo": _demo}
 
 
 def main(argv=None):
@@ -207,7 +312,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return HANDLERS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:
         parser.exit(2, f"detector: error: {error}\n")
 
 
