@@ -157,18 +157,44 @@ def test_cancelled_call_stops_the_work(one_worker):
         assert time.perf_counter() - start < 20
 
 
+def eventually(condition, seconds=10.0):
+    """Poll ``condition()`` until it holds (no fixed sleeps: CI machines are loaded)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def answers(client):
+    try:
+        return client.detect(SMALL, timeout=20).image_width == 160
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        return False
+
+
 def test_too_many_concurrent_calls_are_refused_not_queued(one_worker):
     with DetectorClient(one_worker.address) as c:
-        running = [c.stub.Detect.future(c.request(BIG, mode="sliding"), timeout=3) for _ in range(2)]
-        time.sleep(0.3)
-        with pytest.raises(grpc.RpcError) as error:
-            c.detect(SMALL, timeout=20)
-        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # two long calls fill the one worker and the one queue place (max_concurrent=2)
+        running = [c.stub.Detect.future(c.request(BIG, mode="sliding"), timeout=8) for _ in range(2)]
+        codes = []
+
+        def refused():
+            try:
+                c.detect(SMALL, timeout=20)
+                codes.append("OK")
+            except grpc.RpcError as error:
+                codes.append(error.code().name)
+            return codes[-1] == "RESOURCE_EXHAUSTED"
+
+        assert eventually(refused), codes
         for future in running:
             with pytest.raises(grpc.RpcError):
                 future.result()
-        time.sleep(0.5)
-        assert c.detect(SMALL, timeout=20).image_width == 160
+        assert eventually(lambda: answers(c))  # the expired calls give their places back
 
 
 def test_concurrent_clients_get_their_own_answers(server):
@@ -193,11 +219,10 @@ def test_health_goes_not_serving_on_shutdown_and_calls_in_flight_finish():
     assert health.Check(ask).status == health_pb2.HealthCheckResponse.SERVING
     c = DetectorClient(running.address)
     in_flight = c.stub.Detect.future(c.request(data.scene(26, size=(640, 480))[0], mode="sliding"), timeout=60)
-    time.sleep(0.3)
-    stopping = threading.Thread(target=lambda: running.stop(grace=60, notice=1.0).wait())
+    assert eventually(lambda: health.Check(ask).status == health_pb2.HealthCheckResponse.SERVING)
+    stopping = threading.Thread(target=lambda: running.stop(grace=60, notice=2.0).wait())
     stopping.start()
-    time.sleep(0.3)
-    assert health.Check(ask).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert eventually(lambda: health.Check(ask).status == health_pb2.HealthCheckResponse.NOT_SERVING, 2.0)
     assert in_flight.result().image_width == 640  # the call in flight completes
     stopping.join(60)
     with pytest.raises(grpc.RpcError) as error:
