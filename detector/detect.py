@@ -26,7 +26,7 @@ from .nms import nms
 
 MODES = ("fcn", "sliding")
 # the digit height the classifier is trained around: the middle of its range, in window pixels
-_TRAINED_HEIGHT = float(np.sqrt(DIGIT_HEIGHT[0] * DIGIT_HEIGHT[1]))
+TRAINED_HEIGHT = float(np.sqrt(DIGIT_HEIGHT[0] * DIGIT_HEIGHT[1]))
 
 
 @dataclass
@@ -84,7 +84,7 @@ def pyramid_scales(height, width, window, min_size=16, max_size=None, scale_step
         raise ValueError(f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}")
     if not scale_step > 1:
         raise ValueError(f"scale_step must be above 1, got {scale_step}")
-    trained = _TRAINED_HEIGHT * window[0]
+    trained = TRAINED_HEIGHT * window[0]
     scales, scale = [], trained / min_size
     while scale >= trained / max_size / scale_step ** 0.5:
         if round(height * scale) >= window[0] and round(width * scale) >= window[1]:
@@ -142,12 +142,13 @@ def detect(image, net, mode="fcn", stride=None, scales=None, min_size=16, max_si
         timings["pyramid"] += time.perf_counter() - start
         start = time.perf_counter()
         if fcn is not None:
-            raw = _fcn_scores(fcn, x, stride, tile_rows, check)
+            raw = fcn_scores(fcn, x, stride, tile_rows, check)
         else:
-            raw = _sliding_scores(net, x, stride, check)
+            raw = sliding_scores(net, x, stride, check)
         probs = softmax(raw.reshape(raw.shape[0], -1).T).T.reshape(raw.shape)
         timings["inference"] += time.perf_counter() - start
-        b, s, c = _level_boxes(probs, stride, scale, window, score_threshold)
+        # the level's size was rounded to whole pixels: map boxes back by its real ratios
+        b, s, c = _level_boxes(probs, stride, (size[0] / w, size[1] / h), window, score_threshold)
         boxes.append(b), scores.append(s), labels.append(c)
         levels.append(Level(size[0] / w, stride, probs if return_maps else None))
     start = time.perf_counter()
@@ -159,7 +160,7 @@ def detect(image, net, mode="fcn", stride=None, scales=None, min_size=16, max_si
     return Result(detections, levels if return_maps else [], timings, (h, w))
 
 
-def _fcn_scores(fcn, x, stride, tile_rows, check):
+def fcn_scores(fcn, x, stride, tile_rows, check):
     """Score map at ``stride``: one FCN pass, or one per offset, interleaved."""
     total = fcn.total_stride[0]
     if stride == total:
@@ -175,7 +176,7 @@ def _fcn_scores(fcn, x, stride, tile_rows, check):
     return out
 
 
-def _sliding_scores(net, x, stride, check, batch=512):
+def sliding_scores(net, x, stride, check, batch=512):
     """Score map at ``stride`` by classifying every crop alone, a batch of crops at a time.
     The crops are a strided view of the level; only one batch is ever copied."""
     crops = sliding_window_view(x[0, 0], net.window)[::stride, ::stride]
@@ -192,7 +193,8 @@ def _sliding_scores(net, x, stride, check, batch=512):
 
 
 def _level_boxes(probs, stride, scale, window, threshold):
-    """Boxes (in input pixels), scores and class indices of the windows above threshold."""
+    """Boxes (in input pixels), scores and class indices of the windows above threshold;
+    ``scale`` is the level's (x, y) size ratio to the input."""
     digits = probs[1:]
     label = digits.argmax(axis=0)
     best = np.take_along_axis(digits, label[None], axis=0)[0]
@@ -208,7 +210,7 @@ def _level_boxes(probs, stride, scale, window, threshold):
     shift = weights @ offsets / weights.sum(axis=1, keepdims=True)
     cy = rows * stride + (window[0] - 1) / 2 + shift[:, 0]
     cx = cols * stride + (window[1] - 1) / 2 + shift[:, 1]
-    height = np.full(rows.size, _TRAINED_HEIGHT * window[0])
+    height = np.full(rows.size, TRAINED_HEIGHT * window[0])
     width = height * np.array([glyph_aspect(d) for d in range(10)])[label]
-    boxes = np.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], axis=1) / scale
-    return boxes, best[rows, cols].astype(np.float64), label + 1
+    boxes = np.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], axis=1)
+    return boxes / np.array([scale[0], scale[1], scale[0], scale[1]]), best[rows, cols].astype(np.float64), label + 1

@@ -138,7 +138,7 @@ def false_positives(net, image, boxes, min_iou=0.5, **detect_options):
 def mine_negatives(net, scene_seeds, min_iou=0.5):
     """32x32 background patches of the :func:`false_positives` in generated scenes, each cut
     from the pyramid level that fired, around the detection's centre."""
-    from .detect import _TRAINED_HEIGHT, as_gray
+    from .detect import TRAINED_HEIGHT, as_gray
 
     patches = []
     for seed in scene_seeds:
@@ -146,7 +146,7 @@ def mine_negatives(net, scene_seeds, min_iou=0.5):
         gray = as_gray(image)
         for d in false_positives(net, image, boxes, min_iou):
             box = np.array(d.box)
-            scale = _TRAINED_HEIGHT * net.window[0] / (box[3] - box[1])
+            scale = TRAINED_HEIGHT * net.window[0] / (box[3] - box[1])
             size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
             level = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
             cx, cy = (box[0] + box[2]) / 2 * scale, (box[1] + box[3]) / 2 * scale

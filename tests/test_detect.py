@@ -38,10 +38,10 @@ def test_window_boxes_map_back_through_the_level_scale():
     probs[0] = 1
     probs[:, 2, 3] = 0
     probs[8, 2, 3] = 0.9  # digit "7" at map row 2, column 3
-    boxes, scores, labels = _level_boxes(probs, 4, 0.5, (32, 32), 0.5)
+    boxes, scores, labels = _level_boxes(probs, 4, (0.5, 0.25), (32, 32), 0.5)
     assert labels.tolist() == [8] and scores == pytest.approx([0.9])
     cx, cy = (boxes[0, 0] + boxes[0, 2]) / 2, (boxes[0, 1] + boxes[0, 3]) / 2
-    assert (cx, cy) == pytest.approx(((3 * 4 + 15.5) / 0.5, (2 * 4 + 15.5) / 0.5))
+    assert (cx, cy) == pytest.approx(((3 * 4 + 15.5) / 0.5, (2 * 4 + 15.5) / 0.25))
 
 
 def test_default_model_finds_the_digits_of_a_scene(net):

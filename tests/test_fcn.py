@@ -4,7 +4,7 @@ import pytest
 
 import detector
 from detector.bench.detect import layer_flops
-from detector.detect import _fcn_scores, _sliding_scores
+from detector.detect import fcn_scores, sliding_scores
 from detector.model import Net
 
 CLASSES = ["bg", "a", "b", "c"]
@@ -35,7 +35,7 @@ def test_random_nets_match_sliding_windows(spec, shape):
         x = image(h, w)
         dense = fcn.scores(x)[0]
         assert dense.shape[1:] == ((h - net.window[0]) // stride + 1, (w - net.window[1]) // stride + 1)
-        np.testing.assert_allclose(dense, _sliding_scores(net, x, stride, None), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(dense, sliding_scores(net, x, stride, None), atol=1e-4, rtol=0)
         for tile_rows in (1, 2, 3):
             np.testing.assert_allclose(fcn.scores(x, tile_rows)[0], dense, atol=1e-4, rtol=0)
 
@@ -45,7 +45,7 @@ def test_default_model_matches_sliding_windows_through_tiles():
     fcn = net.to_fcn()
     for h, w in [(32, 32), (35, 33), (77, 101), (150, 43)]:
         x = net.normalise(np.random.default_rng(h).random((1, 1, h, w), dtype=np.float32))
-        sliding = _sliding_scores(net, x, 4, None)
+        sliding = sliding_scores(net, x, 4, None)
         for tile_rows in (None, 1, 4):
             np.testing.assert_allclose(fcn.scores(x, tile_rows)[0], sliding, atol=1e-4, rtol=0)
 
@@ -55,9 +55,9 @@ def test_shift_and_stitch_matches_sliding_at_the_finer_stride(stride):
     net = detector.load_model()
     fcn = net.to_fcn()
     x = net.normalise(np.random.default_rng(3).random((1, 1, 45, 51), dtype=np.float32))
-    stitched = _fcn_scores(fcn, x, stride, None, None)
+    stitched = fcn_scores(fcn, x, stride, None, None)
     assert stitched.shape[1:] == ((45 - 32) // stride + 1, (51 - 32) // stride + 1)
-    np.testing.assert_allclose(stitched, _sliding_scores(net, x, stride, None), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(stitched, sliding_scores(net, x, stride, None), atol=1e-4, rtol=0)
 
 
 def test_padded_net_is_refused_or_run_with_a_warning():
@@ -69,7 +69,7 @@ def test_padded_net_is_refused_or_run_with_a_warning():
     assert not fcn.exact
     x = image(20, 20)
     # the warning is true: the scores do differ
-    dense, sliding = fcn.scores(x)[0], _sliding_scores(net, x, 2, None)
+    dense, sliding = fcn.scores(x)[0], sliding_scores(net, x, 2, None)
     assert dense.shape == sliding.shape and not np.allclose(dense, sliding, atol=1e-4)
 
 

@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 
 from .. import data, load_model
-from ..detect import _sliding_scores, as_gray
+from ..detect import sliding_scores, as_gray
 from ..model import Conv, Linear
 from .timing import median_seconds
 
@@ -47,16 +47,16 @@ def run(sizes=(128, 256, 512, 1024), large=4096, seed=0):
         image, _, _ = data.scene(seed, size=(size, size))
         x = net.normalise(as_gray(image))[None, None].astype(np.float32)
         map_rows, map_cols = fcn.map_size(size, size)
-        sliding = median_seconds(lambda: _sliding_scores(net, x, stride, None), min_repeats=3, min_seconds=1)
+        sliding = median_seconds(lambda: sliding_scores(net, x, stride, None), min_repeats=3, min_seconds=1)
         dense = median_seconds(lambda: fcn.scores(x), min_repeats=5, min_seconds=1)
-        difference = float(np.abs(_sliding_scores(net, x, stride, None) - fcn.scores(x)[0]).max())
+        difference = float(np.abs(sliding_scores(net, x, stride, None) - fcn.scores(x)[0]).max())
         sliding_flops = map_rows * map_cols * layer_flops(net.layers, net.input_shape)
         dense_flops = layer_flops(fcn.layers, (1, size, size))
         rows.append({
             "size": size, "windows": map_rows * map_cols,
             "sliding_ms": sliding * 1e3, "fcn_ms": dense * 1e3, "speedup": sliding / dense,
             "flop_ratio": sliding_flops / dense_flops, "max_abs_difference": difference,
-            "sliding_peak_mb": _peak_bytes(lambda: _sliding_scores(net, x, stride, None)) / 2**20,
+            "sliding_peak_mb": _peak_bytes(lambda: sliding_scores(net, x, stride, None)) / 2**20,
             "fcn_peak_mb": _peak_bytes(lambda: fcn.scores(x)) / 2**20,
         })
     result = {"stride": stride, "window": list(net.window), "sizes": rows}
