@@ -7,10 +7,9 @@ kept to one thread: nested thread pools would oversubscribe the cores. NumPy's o
 separate library and is not touched.
 
 GNU OpenMP's threads spin for a while after each parallel region before they sleep. When
-another busy process shares the cores, that spinning steals their time: measured here, two
-processes each ran 6-24x slower, where a fair share is 2x. A short spin keeps the speed of a
-process alone and shares fairly (2-2.7x), so it is the default unless GOMP_SPINCOUNT or
-OMP_WAIT_POLICY is set. It must be in the environment before libgomp loads with our modules.
+another busy process shares the cores, that spinning steals their time: two processes each
+ran several times slower than their fair half. A short spin keeps the speed of a process
+alone and shares fairly, so it is the default unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set. It must be in the environment before libgomp loads with our modules.
 """
 import ctypes
 import os
