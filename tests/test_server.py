@@ -318,3 +318,28 @@ def test_client_command(server, tmp_path, capsys):
     reply = json.loads(capsys.readouterr().out)
     assert reply["image_size"] == [120, 160] and reply["served_by"] == server.address
     assert cv2.imread(str(tmp_path / "b.png")).shape == (120, 160, 3)
+
+
+def test_sigterm_drains_the_serve_command():
+    import signal
+    import sys
+
+    # two workers: one runs the long call, the other answers the readiness probe
+    process = subprocess.Popen([sys.executable, "-m", "detector", "serve", "--port", "0", "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("listening on "), line + process.stderr.read()
+        with DetectorClient(line.split()[-1]) as c:
+            in_flight = c.stub.Detect.future(c.request(data.scene(27, size=(640, 480))[0], mode="sliding"), timeout=120)
+            assert eventually(lambda: c.model_info().stride == 4)
+            assert not in_flight.done(), "the call must still be running when the signal comes"
+            process.send_signal(signal.SIGTERM)
+            assert in_flight.result().image_width == 640  # the call in flight finishes
+        assert process.wait(60) == 0
+        log = process.stderr.read()
+        assert "signal SIGTERM: draining" in log and "stopped" in log
+        assert "/detector.v1.Detector/Detect bytes=" in log and "status=OK" in log
+    finally:
+        if process.poll() is None:
+            process.kill()
