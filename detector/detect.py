@@ -25,6 +25,9 @@ from .model import softmax
 from .nms import nms
 
 MODES = ("fcn", "sliding")
+# the most a level may enlarge the input per side: beyond it the pyramid would look for
+# digits under ~5 pixels tall, and a hostile min_size could ask for an enormous level
+MAX_SCALE = 4.0
 # the digit height the classifier is trained around: the middle of its range, in window pixels
 TRAINED_HEIGHT = float(np.sqrt(DIGIT_HEIGHT[0] * DIGIT_HEIGHT[1]))
 
@@ -80,7 +83,7 @@ def pyramid_scales(height, width, window, min_size=16, max_size=None, scale_step
     """Scales, largest first, so that digits ``min_size``..``max_size`` pixels tall reach the
     classifier's trained height at some level; levels smaller than the window are dropped."""
     max_size = max_size or max(height, width)
-    if not 0 < min_size <= max_size:
+    if not (np.isfinite(min_size) and np.isfinite(max_size) and 0 < min_size <= max_size):
         raise ValueError(f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}")
     if not scale_step > 1:
         raise ValueError(f"scale_step must be above 1, got {scale_step}")
@@ -127,8 +130,12 @@ def detect(image, net, mode="fcn", stride=None, scales=None, min_size=16, max_si
                          "it must be at least as large as the window")
     if scales is None:
         scales = pyramid_scales(h, w, window, min_size, max_size, scale_step)
-    elif not len(scales) or min(scales) <= 0:
-        raise ValueError(f"scales must be positive numbers, got {scales!r}")
+    elif not len(scales) or not all(np.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales must be positive, finite numbers, got {list(scales)!r}")
+    if max(scales) > MAX_SCALE:
+        raise ValueError(f"scale {max(scales):g} enlarges the image more than {MAX_SCALE:g}x per side: "
+                         f"digits under {TRAINED_HEIGHT * window[0] / MAX_SCALE:.0f} pixels cannot be found; "
+                         "raise min_size or lower the scales")
     fcn = net.to_fcn() if mode == "fcn" else None
     timings = {"pyramid": 0.0, "inference": 0.0, "nms": 0.0}
     levels, boxes, scores, labels = [], [], [], []
@@ -151,6 +158,9 @@ def detect(image, net, mode="fcn", stride=None, scales=None, min_size=16, max_si
         b, s, c = _level_boxes(probs, stride, (size[0] / w, size[1] / h), window, score_threshold)
         boxes.append(b), scores.append(s), labels.append(c)
         levels.append(Level(size[0] / w, stride, probs if return_maps else None))
+    if not boxes:
+        raise ValueError(f"no pyramid level fits the {window[0]}x{window[1]} window: the scales "
+                         f"{list(scales)} shrink the {h}x{w} (HxW) image below it")
     start = time.perf_counter()
     boxes, scores, labels = (np.concatenate(a) for a in (boxes, scores, labels))
     keep = nms(boxes, scores, nms_iou, None if class_agnostic else labels, max_detections)

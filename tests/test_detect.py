@@ -94,6 +94,13 @@ def test_colour_and_float_images_give_the_same_answer_as_gray(net):
     (np.zeros((64, 64), np.uint8), {"score_threshold": 1.5}, ValueError, "score_threshold"),
     (np.zeros((64, 64), np.uint8), {"stride": 3}, ValueError, "must divide the net's total stride 4"),
     (np.zeros((64, 64), np.uint8), {"min_size": 0}, ValueError, "min_size"),
+    (np.zeros((150, 200), np.uint8), {"scales": [0.1]}, ValueError, r"scales \[0.1\] shrink the 150x200"),
+    (np.zeros((64, 64), np.uint8), {"scales": [-1.0]}, ValueError, "scales must be positive"),
+    (np.zeros((64, 64), np.uint8), {"scales": [float("nan")]}, ValueError, "scales must be positive, finite"),
+    (np.zeros((64, 64), np.uint8), {"scales": [float("inf")]}, ValueError, "scales must be positive, finite"),
+    (np.zeros((64, 64), np.uint8), {"scales": [50.0]}, ValueError, "enlarges the image more than 4x"),
+    (np.zeros((64, 64), np.uint8), {"min_size": 0.5}, ValueError, "enlarges the image more than 4x"),
+    (np.zeros((64, 64), np.uint8), {"min_size": float("nan")}, ValueError, "min_size"),
 ])
 def test_bad_input_is_explained(net, image, kwargs, error, message):
     with pytest.raises(error, match=message):

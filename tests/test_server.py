@@ -121,6 +121,8 @@ BAD_REQUESTS = [
     (pb.DetectRequest(encoded=png(SMALL), mode=7), "INVALID_ARGUMENT", "unknown mode 7"),
     (pb.DetectRequest(encoded=png(SMALL), score_threshold=1.5), "INVALID_ARGUMENT", "score_threshold"),
     (pb.DetectRequest(encoded=png(SMALL), stride=3), "INVALID_ARGUMENT", "must divide"),
+    (pb.DetectRequest(encoded=png(SMALL), min_size=0.01), "INVALID_ARGUMENT", "more than 4x"),
+    (pb.DetectRequest(encoded=png(SMALL), scales=[float("inf")]), "INVALID_ARGUMENT", "finite"),
     (pb.DetectRequest(encoded=huge_png_header(100000, 100000)), "RESOURCE_EXHAUSTED", "10000000000 pixels"),
     (pb.DetectRequest(raw=pb.RawImage(height=3000, width=3000, channels=1)), "RESOURCE_EXHAUSTED", "at most 4000000"),
     (pb.DetectRequest(encoded=b"\x89PNG\r\n\x1a\n" + b"\x00" * 5 * 2**20), "RESOURCE_EXHAUSTED", ""),
