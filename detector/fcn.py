@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from . import layers as L
-from .model import Conv, Linear, Pool
+from .model import Conv, Linear, Pool, layer_params
 
 # Activation memory one tile of rows may take; tiles overlap by the window and stitch
 # exactly, so the size changes speed and peak memory, never the scores.
@@ -36,8 +36,7 @@ class FullyConvNet:
 
     def _forward(self, x):
         for layer in self.layers:
-            prefix = layer.name + "."
-            x, _ = layer.forward(x, {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)})
+            x, _ = layer.forward(x, layer_params(self.params, layer))
         return x
 
     def map_size(self, h, w):

@@ -228,8 +228,7 @@ class Net:
 
     def params_of(self, layer):
         """The layer's parameters by short name ("w", "b")."""
-        prefix = layer.name + "."
-        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+        return layer_params(self.params, layer)
 
     def normalise(self, patches):
         return (patches - self.normalisation["mean"]) / self.normalisation["std"]
@@ -271,6 +270,12 @@ class Net:
             x = self.normalise(patches[start:start + batch_size].astype(dtype) / dtype.type(scale))
             out.append(softmax(self.forward(x.astype(dtype))))
         return np.concatenate(out) if out else np.empty((0, len(self.classes)), dtype)
+
+
+def layer_params(params, layer):
+    """From parameters named "<layer>.<key>", the given layer's, by key."""
+    prefix = layer.name + "."
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
 def softmax(scores):
