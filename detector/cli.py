@@ -168,10 +168,10 @@ def _detect(args):
         for d in result.detections:
             print(f"{d.label} {d.score:.3f} " + " ".join(f"{v:.1f}" for v in d.box))
         print(f"{len(result.detections)} detections in {sum(result.timings.values()) * 1e3:.0f} ms ({args.mode})")
-    gray = (as_gray(image) * 255).round().astype("uint8")
-    for path, picture in ((args.out, lambda: draw.boxes(gray, result.detections)),
-                          (args.heatmap, lambda: draw.heatmap(gray, result.levels, net.window))):
-        if path and not cv2.imwrite(path, picture()):
+    pictures = ((args.out, lambda gray: draw.boxes(gray, result.detections)),
+                (args.heatmap, lambda gray: draw.heatmap(gray, result.levels, net.window)))
+    for path, picture in pictures:
+        if path and not cv2.imwrite(path, picture((as_gray(image) * 255).round().astype("uint8"))):
             raise ValueError(f"could not write {path}: use a .png path in an existing folder")
     if args.coco_json:
         coco = [{"image_id": args.image_id, "category_id": net.classes.index(d.label),

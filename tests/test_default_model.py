@@ -1,6 +1,4 @@
 """The shipped default model loads and classifies fresh patches."""
-import numpy as np
-
 import detector
 from detector import data
 from detector.train import accuracy

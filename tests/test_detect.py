@@ -8,7 +8,7 @@ import pytest
 import detector
 from detector import data
 from detector.cli import main
-from detector.detect import Level, _level_boxes, detect, pyramid_scales
+from detector.detect import _level_boxes, detect, pyramid_scales
 from detector.evaluate import match
 from detector.nms import iou
 

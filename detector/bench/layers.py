@@ -57,7 +57,6 @@ def _conv_case(shape, k, f, pad, rng):
     wmat, g = wt.reshape(k, -1), rng.standard_normal((k, cols.shape[1]), dtype=np.float32)
     np_fwd = median_seconds(lambda: wmat @ cols)
     np_bwd = median_seconds(lambda: (g @ cols.T, wmat.T @ g))
-    del cols
     name = f"conv {shape} {k}x{f}x{f}" + (f" pad {pad}" if pad else "")
     return {
         "name": name, "input_channels": c,

@@ -1,7 +1,6 @@
 """``detector bench serve``: served throughput and latency under concurrent load, beside the
 in-process throughput of detect on the same images."""
 import json
-import statistics
 import subprocess
 import sys
 import time
