@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from . import layers as L
-from .model import Conv, Linear, Pool, layer_params
+from .architecture import Conv, Linear, Pool, layer_params
 
 # Activation memory one tile of rows may take; tiles overlap by the window and stitch
 # exactly, so the size changes speed and peak memory, never the scores.
@@ -25,14 +25,15 @@ TILE_BYTES = 64 * 1024 * 1024
 
 
 class FullyConvNet:
-    """Scores of every window of an image in one pass: ``scores(x)`` for x (N, C, H, W)
-    normalised as the classifier's input, giving (N, classes, H', W') with
-    ``H' = floor((H - window) / stride) + 1``."""
+    """Raw outputs of every window of an image in one pass: ``scores(x)`` for x (N, C, H, W)
+    normalised as the classifier's input, giving (N, outputs, H', W') with
+    ``H' = floor((H - window) / stride) + 1``; ``outputs`` are the class scores, then the
+    box offsets if the classifier has a regression head."""
 
-    def __init__(self, layers, params, window, total_stride, classes, normalisation, exact):
+    def __init__(self, layers, params, window, total_stride, outputs, exact):
         self.layers, self.params = layers, params
         self.window, self.total_stride = window, total_stride
-        self.classes, self.normalisation, self.exact = classes, normalisation, exact
+        self.outputs, self.exact = outputs, exact
 
     def _forward(self, x):
         for layer in self.layers:
@@ -59,14 +60,14 @@ class FullyConvNet:
         return max(1, int((input_rows - self.window[0]) // self.total_stride[0]) + 1)
 
     def scores(self, x, tile_rows=None, check=None):
-        """Raw class scores (N, classes, H', W'), computed in tiles of ``tile_rows`` map rows.
+        """Raw outputs (N, outputs, H', W'), computed in tiles of ``tile_rows`` map rows.
         ``check()`` runs between tiles (a deadline or cancellation may raise there)."""
         n, _, h, w = x.shape
         rows, cols = self.map_size(h, w)
         if not self.exact:
             return self._forward(x)  # padding: tiles would not stitch, and the map size differs
         tile_rows = tile_rows or self.tile_rows(w)
-        out = np.empty((n, len(self.classes), rows, cols), x.dtype)
+        out = np.empty((n, self.outputs, rows, cols), x.dtype)
         stride, window = self.total_stride[0], self.window[0]
         for r0 in range(0, rows, tile_rows):
             if check is not None:
@@ -100,5 +101,4 @@ def unroll(net, strict=True):
             own = {"w": w, "b": b}
         layers.append(layer)
         params.update({f"{layer.name}.{k}": v for k, v in own.items()})
-    return FullyConvNet(layers, params, net.window, net.total_stride, list(net.classes),
-                        dict(net.normalisation), exact=not padded)
+    return FullyConvNet(layers, params, net.window, net.total_stride, net.outputs, exact=not padded)

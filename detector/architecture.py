@@ -1,0 +1,152 @@
+"""The layer classes and the spec grammar, shared by :mod:`detector.model` (the classifier)
+and :mod:`detector.fcn` (the same layers unrolled over a whole image).
+
+A spec is a list of layers separated by spaces or dashes:
+
+- ``conv16@5x5``: 16 filters of 5x5 (stride 1, no padding); ``conv16@3x3/2+1`` adds
+  stride 2 and padding 1;
+- ``maxpool2``, ``avgpool2``, ``l2pool2``: 2x2 windows, stride = size; ``maxpool3/2+1``
+  adds stride 2 and padding 1;
+- ``relu``;
+- ``fc128``: fully connected with 128 outputs; the first one flattens its input.
+
+Each layer class wraps the functional API of :mod:`detector.layers` and adds nothing but
+its parameters' shapes and its output shape.
+"""
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import layers as L
+from .shapes import output_size
+
+# the shipped digit model's architecture: 11 outputs for "background" and the digits 0-9
+DEFAULT_SPEC = "conv16@5x5 relu maxpool2 conv32@5x5 relu maxpool2 fc128 relu fc11"
+_CONV = re.compile(r"conv(\d+)@(\d+)x(\d+)(?:/(\d+))?(?:\+(\d+))?$")
+_POOL = re.compile(r"(max|avg|l2)pool(\d+)(?:/(\d+))?(?:\+(\d+))?$")
+_FC = re.compile(r"fc(\d+)$")
+
+
+@dataclass
+class Conv:
+    filters: int
+    size: tuple
+    stride: int = 1
+    padding: int = 0
+    name: str = ""
+
+    def shape_after(self, shape):
+        c, h, w = shape
+        return (self.filters,
+                output_size(h, self.size[0], self.padding, self.stride, f"height after {self.name}"),
+                output_size(w, self.size[1], self.padding, self.stride, f"width after {self.name}"))
+
+    def param_shapes(self, shape):
+        return {"w": (self.filters, shape[0], *self.size), "b": (self.filters,)}
+
+    def forward(self, x, params):
+        return L.conv2d_forward(x, params["w"], params["b"], stride=self.stride, padding=self.padding)
+
+    def backward(self, dout, cache):
+        dx, dw, db = L.conv2d_backward(dout, cache)
+        return dx, {"w": dw, "b": db}
+
+
+@dataclass
+class Pool:
+    kind: str  # "max", "avg" or "l2"
+    size: int
+    stride: int
+    padding: int = 0
+    name: str = ""
+
+    def shape_after(self, shape):
+        c, h, w = shape
+        return (c, output_size(h, self.size, self.padding, self.stride, f"height after {self.name}"),
+                output_size(w, self.size, self.padding, self.stride, f"width after {self.name}"))
+
+    def param_shapes(self, shape):
+        return {}
+
+    def forward(self, x, params):
+        return getattr(L, f"{self.kind}_pool2d_forward")(x, self.size, stride=self.stride, padding=self.padding)
+
+    def backward(self, dout, cache):
+        return getattr(L, f"{self.kind}_pool2d_backward")(dout, cache), {}
+
+
+@dataclass
+class Relu:
+    name: str = ""
+
+    def shape_after(self, shape):
+        return shape
+
+    def param_shapes(self, shape):
+        return {}
+
+    def forward(self, x, params):
+        return L.relu_forward(x)
+
+    def backward(self, dout, cache):
+        return L.relu_backward(dout, cache), {}
+
+
+@dataclass
+class Linear:
+    outputs: int
+    name: str = ""
+
+    def shape_after(self, shape):
+        return (self.outputs,)
+
+    def param_shapes(self, shape):
+        return {"w": (self.outputs, int(np.prod(shape))), "b": (self.outputs,)}
+
+    def forward(self, x, params):
+        out, cache = L.linear_forward(x.reshape(len(x), -1), params["w"], params["b"])
+        return out, (cache, x.shape)
+
+    def backward(self, dout, cache):
+        cache, in_shape = cache
+        dx, dw, db = L.linear_backward(dout, cache)
+        return dx.reshape(in_shape), {"w": dw, "b": db}
+
+
+def parse_spec(spec):
+    """The layers of a spec string, each named after its kind and position (conv1, fc2...)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("the spec must be a non-empty string such as " + repr(DEFAULT_SPEC))
+    result, counts = [], {}
+    for token in re.split(r"[\s\-]+", spec.strip()):
+        if m := _CONV.match(token):
+            k, fh, fw, s, p = m.groups()
+            layer = Conv(int(k), (int(fh), int(fw)), int(s or 1), int(p or 0))
+        elif m := _POOL.match(token):
+            kind, f, s, p = m.groups()
+            layer = Pool(kind, int(f), int(s or f), int(p or 0))
+        elif token == "relu":
+            layer = Relu()
+        elif m := _FC.match(token):
+            layer = Linear(int(m.group(1)))
+        else:
+            raise ValueError(
+                f"cannot read layer {token!r} of the spec: expected conv16@5x5[/stride][+pad], "
+                "maxpool2 / avgpool2 / l2pool2 [/stride][+pad], relu or fc128"
+            )
+        kind = type(layer).__name__.lower().replace("linear", "fc")
+        counts[kind] = counts.get(kind, 0) + 1
+        layer.name = f"{kind}{counts[kind]}"
+        result.append(layer)
+    for layer in result:
+        sizes = [getattr(layer, a) for a in ("filters", "outputs", "size", "stride") if hasattr(layer, a)]
+        if any(v < 1 for s in sizes for v in np.atleast_1d(s)):
+            raise ValueError(f"{layer.name}: sizes, strides and counts must be at least 1 in {spec!r}")
+    return result
+
+
+def layer_params(params, layer):
+    """From parameters named "<layer>.<key>", the given layer's, by key."""
+    prefix = layer.name + "."
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
