@@ -32,6 +32,9 @@ is :data:`BACKGROUND_FRACTION` of the patches and its kinds, with their shares, 
 
 - ``clutter``: clutter alone;
 - ``photo``: a photograph crop alone (teaches silence on coins, petals, windows);
+- ``shapes``: a "dead leaves" picture of overlapping discs, rings, rectangles and pen strokes
+  at the scale of digits, the edges, blobs and curves of photographs without their content
+  (thirteen training photographs are too few to teach that alone);
 - ``off-centre``: a digit whose centre is a third of the window or more away from the centre;
 - ``gap``: the window centred on the gap between two digits of a number;
 - ``too small``: a digit (or a small number) at most :data:`TOO_SMALL` times the smallest
@@ -40,7 +43,7 @@ is :data:`BACKGROUND_FRACTION` of the patches and its kinds, with their shares, 
 - ``not a digit``: letters and symbols of the same fonts (:data:`NOT_DIGITS`; no glyph that
   looks like a digit, such as O, l, S, Z, B, g or q), alone or as a word, centred.
 
-All but ``clutter`` and ``photo`` are drawn on either background. So the classifier's score
+All but ``clutter``, ``photo`` and ``shapes`` are drawn on either background. So the classifier's score
 peaks where a digit is centred at the right scale, and only there. Heights between the
 positive range and the too-small or too-large ones are never drawn centred: a pyramid level
 2**(1/3) away from the best one may score either way, and non-maximum suppression keeps the
@@ -80,8 +83,8 @@ TOO_SMALL = 0.62  # "too small" digits are at most this times the smallest posit
 TOO_LARGE = 1.5  # "too large" digits are at least this times the largest positive height
 BACKGROUND_FRACTION = 0.5
 # the kinds of background sample and their shares of the background class
-BACKGROUND_KINDS = {"clutter": 0.18, "photo": 0.3, "off-centre": 0.15, "gap": 0.1,
-                    "too small": 0.07, "too large": 0.07, "not a digit": 0.13}
+BACKGROUND_KINDS = {"clutter": 0.12, "photo": 0.3, "shapes": 0.15, "off-centre": 0.12, "gap": 0.08,
+                    "too small": 0.06, "too large": 0.06, "not a digit": 0.11}
 PHOTO_BACKGROUND = 0.5  # share of photograph backgrounds where a kind allows either
 
 _FAMILIES = {
@@ -521,10 +524,43 @@ def _digit_patch(rng, src, digit):
     return finish(canvas, rng), boxes[len(left)]
 
 
+def dead_leaves(canvas, rng, n=None):
+    """Overlapping filled discs, rings, rectangles and curved pen strokes of random
+    colours, 15-100% of the canvas's side, drawn in place on the float32 ``canvas``."""
+    h, w = canvas.shape[:2]
+    channels = 1 if canvas.ndim == 2 else 3
+    side = min(h, w)
+    for _ in range(n if n is not None else int(rng.integers(3, 9))):
+        colour = tuple(float(v) for v in _colour(rng, channels, rng.uniform(0.05, 0.95)))
+        centre = (int(rng.integers(-side // 4, w + side // 4)), int(rng.integers(-side // 4, h + side // 4)))
+        size = int(side * rng.uniform(0.15, 1.0))
+        kind = rng.integers(4)
+        if kind == 0:  # a disc or an ellipse
+            axes = (max(1, size // 2), max(1, int(size * rng.uniform(0.4, 1.0)) // 2))
+            cv2.ellipse(canvas, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
+        elif kind == 1:  # a ring or an arc, as thick as a digit's stroke
+            axes = (max(1, size // 2), max(1, int(size * rng.uniform(0.5, 1.0)) // 2))
+            start = float(rng.uniform(0, 360))
+            cv2.ellipse(canvas, centre, axes, float(rng.uniform(0, 180)), start, start + rng.uniform(90, 360),
+                        colour, int(rng.integers(1, 4)), cv2.LINE_AA)
+        elif kind == 2:  # a rectangle, turned
+            box = (centre, (size, int(size * rng.uniform(0.2, 1.0))), float(rng.uniform(0, 180)))
+            cv2.fillPoly(canvas, [cv2.boxPoints(box).round().astype(np.int32)], colour, cv2.LINE_AA)
+        else:  # a pen stroke: a smooth random curve
+            t = np.linspace(0, 1, 12)[:, None]
+            ends = rng.uniform(-0.5, 0.5, (3, 2)) * size
+            curve = (1 - t) ** 2 * ends[0] + 2 * t * (1 - t) * ends[1] + t ** 2 * ends[2] + centre
+            cv2.polylines(canvas, [curve.round().astype(np.int32)], False, colour, int(rng.integers(1, 4)),
+                          cv2.LINE_AA)
+    return canvas
+
+
 def _background_patch(rng, src, kind):
-    canvas = _background(rng, src, kind if kind in ("clutter", "photo") else None)
+    canvas = _background(rng, src, "photo" if kind == "photo" else "clutter" if kind == "clutter" else None)
     if kind in ("clutter", "photo"):
         return finish(canvas, rng)
+    if kind == "shapes":
+        return finish(dead_leaves(canvas, rng), rng)
     style = random_style(rng, src.fonts)
     ink = ink_colour(canvas, rng)
     middle = WINDOW / 2
