@@ -18,14 +18,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import detector
 import detector_server
-from detector import data
+from detector.datasets import digits
 from detector_server import DetectorClient, score_maps, start_server
 from detector_server import detector_pb2 as pb
 from detector_server import protoc
 
 NET = detector.load_model()
-SMALL = data.scene(21, size=(160, 120))[0]
-BIG = data.scene(22, size=(1280, 960))[0]
+SMALL = digits.scene(21, size=(160, 120))[0]
+BIG = digits.scene(22, size=(1280, 960))[0]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_stubs_match_the_proto(tmp_path):
 
 @pytest.mark.parametrize("mode, name", [(pb.FCN, "fcn"), (pb.SLIDING, "sliding")])
 def test_real_image_gives_the_same_detections_as_in_process(client, mode, name):
-    image = data.scene(23, size=(200, 150))[0]
+    image = digits.scene(23, size=(200, 150))[0]
     reply = client.stub.Detect(pb.DetectRequest(encoded=png(image), mode=mode))
     same_detections(reply, detector.detect(image, NET, mode=name))
     assert (reply.image_height, reply.image_width) == (150, 200)
@@ -80,7 +80,7 @@ def test_real_image_gives_the_same_detections_as_in_process(client, mode, name):
 
 
 def test_raw_pixels_and_score_maps(client):
-    image = data.scene(24, size=(160, 120))[0]
+    image = digits.scene(24, size=(160, 120))[0]
     colour = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     reply = client.detect(colour, return_score_maps=True, class_agnostic=True)
     result = detector.detect(colour, NET, class_agnostic=True, return_maps=True)
@@ -93,7 +93,7 @@ def test_raw_pixels_and_score_maps(client):
 
 
 def test_knobs_reach_detect(client):
-    image = data.scene(25, size=(320, 240))[0]
+    image = digits.scene(25, size=(320, 240))[0]
     reply = client.detect(image, score_threshold=0.2, nms_iou=0.5, max_detections=2, scales=[1.0], stride=2)
     same_detections(reply, detector.detect(image, NET, score_threshold=0.2, nms_iou=0.5, max_detections=2,
                                             scales=[1.0], stride=2))
@@ -178,29 +178,45 @@ def answers(client):
         return False
 
 
-def test_too_many_concurrent_calls_are_refused_not_queued(one_worker):
-    with DetectorClient(one_worker.address) as c:
-        # two long calls fill the one worker and the one queue place (max_concurrent=2)
-        running = [c.stub.Detect.future(c.request(BIG, mode="sliding"), timeout=8) for _ in range(2)]
-        codes = []
+@pytest.fixture
+def gated_server(monkeypatch):
+    """A server of two workers and two places whose Detect calls wait for ``release`` once
+    they have started: ``started`` counts them, so a test knows when both places are taken
+    without racing the clock."""
+    from detector_server import servicer
 
-        def refused():
-            try:
-                c.detect(SMALL, timeout=20)
-                codes.append("OK")
-            except grpc.RpcError as error:
-                codes.append(error.code().name)
-            return codes[-1] == "RESOURCE_EXHAUSTED"
+    started, release, lock = [], threading.Event(), threading.Lock()
+    real = servicer.detect
 
-        assert eventually(refused), codes
-        for future in running:
-            with pytest.raises(grpc.RpcError):
-                future.result()
-        assert eventually(lambda: answers(c))  # the expired calls give their places back
+    def gated(*args, **kwargs):
+        with lock:
+            started.append(1)
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(servicer, "detect", gated)
+    running = start_server(port=0, workers=2, max_concurrent=2)
+    running.started, running.release = started, release
+    yield running
+    release.set()
+    running.stop(0).wait()
+
+
+def test_too_many_concurrent_calls_are_refused_not_queued(gated_server):
+    with DetectorClient(gated_server.address) as c:
+        running = [c.stub.Detect.future(c.request(SMALL), timeout=60) for _ in range(2)]
+        assert eventually(lambda: len(gated_server.started) == 2, 30)  # both places taken
+        with pytest.raises(grpc.RpcError) as refused:
+            c.detect(SMALL, timeout=20)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(gated_server.started) == 2  # the refused call never reached detect
+        gated_server.release.set()
+        assert [f.result().image_width for f in running] == [160, 160]
+        assert eventually(lambda: answers(c))  # the finished calls gave their places back
 
 
 def test_concurrent_clients_get_their_own_answers(server):
-    scenes = [data.scene(30 + i, size=(200, 150))[0] for i in range(6)]
+    scenes = [digits.scene(30 + i, size=(200, 150))[0] for i in range(6)]
     expected = [detector.detect(s, NET) for s in scenes]
 
     def call(i):
@@ -220,7 +236,7 @@ def test_health_goes_not_serving_on_shutdown_and_calls_in_flight_finish():
     ask = health_pb2.HealthCheckRequest(service="detector.v1.Detector")
     assert health.Check(ask).status == health_pb2.HealthCheckResponse.SERVING
     c = DetectorClient(running.address)
-    in_flight = c.stub.Detect.future(c.request(data.scene(26, size=(640, 480))[0], mode="sliding"), timeout=60)
+    in_flight = c.stub.Detect.future(c.request(digits.scene(26, size=(640, 480))[0], mode="sliding"), timeout=60)
     assert eventually(lambda: health.Check(ask).status == health_pb2.HealthCheckResponse.SERVING)
     stopping = threading.Thread(target=lambda: running.stop(grace=60, notice=2.0).wait())
     stopping.start()
@@ -298,7 +314,10 @@ def test_model_info(client):
     info = client.model_info()
     assert list(info.classes) == NET.classes and info.spec == NET.spec
     assert (info.window_height, info.window_width, info.stride) == (32, 32, 4)
-    assert json.loads(info.metrics_json)["val_accuracy"] >= 0.98
+    assert json.loads(info.metrics_json)["val_accuracy"] == NET.metrics["val_accuracy"]
+    assert (info.channels, info.background, info.box_regression) == (NET.channels, NET.background, NET.box_regression)
+    assert info.object_size == pytest.approx(NET.object_size)
+    assert dict(info.box_aspects) == pytest.approx(NET.box_aspects)
 
 
 def test_every_call_is_logged(server, client, caplog):
@@ -316,10 +335,14 @@ def test_client_command(server, tmp_path, capsys):
 
     path = tmp_path / "scene.png"
     cv2.imwrite(str(path), SMALL)
+    colour = cv2.cvtColor(SMALL, cv2.COLOR_GRAY2BGR)
+    colour[:, :, 2] = 255  # red everywhere: the picture must keep the input's colour
+    cv2.imwrite(str(path), colour)
     assert main(["client", str(path), "--addr", server.address, "--json", "--out", str(tmp_path / "b.png")]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert reply["image_size"] == [120, 160] and reply["served_by"] == server.address
-    assert cv2.imread(str(tmp_path / "b.png")).shape == (120, 160, 3)
+    picture = cv2.imread(str(tmp_path / "b.png"))
+    assert picture.shape == (120, 160, 3) and np.median(picture[:, :, 2]) == 255 > np.median(picture[:, :, 1])
 
 
 def test_sigterm_drains_the_serve_command():
@@ -333,7 +356,7 @@ def test_sigterm_drains_the_serve_command():
         line = process.stdout.readline()
         assert line.startswith("listening on "), line + process.stderr.read()
         with DetectorClient(line.split()[-1]) as c:
-            in_flight = c.stub.Detect.future(c.request(data.scene(27, size=(640, 480))[0], mode="sliding"), timeout=120)
+            in_flight = c.stub.Detect.future(c.request(digits.scene(27, size=(640, 480))[0], mode="sliding"), timeout=120)
             assert eventually(lambda: c.model_info().stride == 4)
             assert not in_flight.done(), "the call must still be running when the signal comes"
             process.send_signal(signal.SIGTERM)
