@@ -2,15 +2,15 @@
 
 >>> import detector
 >>> net = detector.load_model()          # the shipped default model
->>> net.classes[:3], net.window
-(['background', '0', '1'], (32, 32))
+>>> net.classes[:3], net.window, net.background
+(['background', '0', '1'], (32, 32), 'background')
 
 The layer API is :mod:`detector.layers`; :func:`set_num_threads` sets the kernels' threads.
 """
 from pathlib import Path
 
 from . import layers
-from .detect import detect
+from .detect import DetectOptions, detect
 from .model import Net
 from .threads import get_num_threads, set_num_threads
 
@@ -24,4 +24,4 @@ def load_model(path=None):
     return load(str(DEFAULT_MODEL if path is None else path))
 
 
-__all__ = ["DEFAULT_MODEL", "Net", "detect", "layers", "load_model", "get_num_threads", "set_num_threads"]
+__all__ = ["DEFAULT_MODEL", "DetectOptions", "Net", "detect", "layers", "load_model", "get_num_threads", "set_num_threads"]

@@ -1,7 +1,11 @@
 """Checkpoints: one ``.npz`` of parameter arrays plus a JSON header, never pickled.
 
-The header holds the format version, the spec, the input shape, the class names, the
-normalisation, and the training metrics and seed. Writes go to a temporary file in the same
+The header holds the format version, the spec, the input shape, and the model's priors
+(class names, the background class, per-channel normalisation, the object size the windows
+were trained for, each class's box aspect, whether a box-regression head rides on the last
+layer; see :mod:`detector.model`), then the training metrics, the seed and a description of
+the data. Version 1 files (before the priors) still load: their background is the first
+class, their object size the digits' 0.632 of the window and their box aspects 1. Writes go to a temporary file in the same
 folder, which is then renamed into place, so a failed write leaves the old file whole.
 """
 import json
@@ -11,10 +15,10 @@ import zipfile
 
 import numpy as np
 
-from .model import Net
+from .model import DEFAULT_OBJECT_SIZE, Net
 
 FORMAT = "detector-checkpoint"
-VERSION = 1
+VERSION = 2
 _HEADER = "__header__"
 
 
@@ -22,13 +26,13 @@ class CheckpointError(ValueError):
     """A file that is not a readable detector checkpoint; the message says why."""
 
 
-def save(net, path, metrics=None, seed=None):
-    """Write ``net`` to ``path`` (.npz) atomically; ``metrics`` and ``seed`` go in the header."""
+def save(net, path, metrics=None, seed=None, data=None):
+    """Write ``net`` to ``path`` (.npz) atomically; ``metrics``, ``seed`` and ``data`` (a
+    description of the training data) go in the header."""
     header = {
-        "format": FORMAT, "version": VERSION, "spec": net.spec,
-        "input_shape": list(net.input_shape), "classes": list(net.classes),
-        "normalisation": net.normalisation, "metrics": metrics or {}, "seed": seed,
-        "dtype": str(next(iter(net.params.values())).dtype),
+        "format": FORMAT, "version": VERSION, "spec": net.spec, "input_shape": list(net.input_shape),
+        **{k: v for k, v in net.priors().items() if k not in ("channels", "window")},
+        "metrics": metrics or {}, "seed": seed, "data": data or {}, "dtype": str(net.dtype),
     }
     arrays = {name: np.ascontiguousarray(value) for name, value in net.params.items()}
     arrays[_HEADER] = np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8)
@@ -65,8 +69,10 @@ def load(path):
         header = _header(archive, path)
         try:
             net = Net(header["spec"], header["input_shape"], header["classes"],
-                      normalisation=header["normalisation"], dtype=np.dtype(header.get("dtype", "float32")))
-        except (KeyError, TypeError, ValueError) as error:
+                      normalisation=header["normalisation"], dtype=_dtype(header.get("dtype", "float32")),
+                      background=header.get("background"), object_size=header.get("object_size", DEFAULT_OBJECT_SIZE),
+                      box_aspects=header.get("box_aspects"), box_regression=header.get("box_regression", False))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CheckpointError(f"{path}: the header does not describe a valid net: {error}") from None
         names = set(archive.files) - {_HEADER}
         missing, extra = set(net.params) - names, names - set(net.params)
@@ -82,8 +88,15 @@ def load(path):
                     f"{path}: {name} is {value.dtype}{value.shape}, the spec needs {expected.dtype}{expected.shape}"
                 )
             net.params[name] = value
-    net.metrics = header.get("metrics", {})
+    net.metrics = header.get("metrics") or {}
+    net.data = header.get("data") or {}
     return net
+
+
+def _dtype(name):
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {name!r}")
+    return np.dtype(name)
 
 
 def _open(path):
@@ -114,7 +127,10 @@ def _header(archive, path):
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a detector checkpoint (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: checkpoint format version {str(version)[:40]!r} is not a version "
+                              "number (1, 2, ...)")
+    if version > VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format version {version!r}, newer than this detector reads "
             f"({VERSION}): upgrade detector"

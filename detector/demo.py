@@ -4,13 +4,14 @@ import time
 
 import cv2
 
-from . import data, draw, load_model
+from . import draw, load_model
+from .datasets import digits
 from .detect import detect
 
 
 def run(out_dir="demo-output", seed=7, size=(640, 480), log=print):
     os.makedirs(out_dir, exist_ok=True)
-    image, boxes, labels = data.scene(seed, size=size)
+    image, boxes, labels = digits.scene(seed, size=size)
     net = load_model()
     log(f"scene: {size[0]}x{size[1]}, seed {seed}, digits {' '.join(labels)}")
     results = {}
@@ -28,7 +29,8 @@ def run(out_dir="demo-output", seed=7, size=(640, 480), log=print):
     log(f"fully convolutional: {fcn.seconds * 1e3:8.1f} ms ({len(fcn.detections)} detections)")
     log(f"speed-up {sliding.seconds / fcn.seconds:.1f}x; same detections in both modes: {'yes' if same else 'NO'}")
     cv2.imwrite(os.path.join(out_dir, "scene.png"), image)
-    cv2.imwrite(os.path.join(out_dir, "boxes.png"), draw.boxes(image, fcn.detections))
-    cv2.imwrite(os.path.join(out_dir, "heat.png"), draw.heatmap(image, fcn.levels, net.window))
+    cv2.imwrite(os.path.join(out_dir, "boxes.png"), draw.boxes(image, fcn.detections, net.classes))
+    cv2.imwrite(os.path.join(out_dir, "heat.png"), draw.heatmap(image, fcn.levels, net.window, net.classes,
+                                                                net.background))
     log(f"wrote {out_dir}/scene.png, boxes.png and heat.png")
     return results

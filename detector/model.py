@@ -1,173 +1,75 @@
-"""The classifier: a ``Net`` of layers described by a short spec string.
+"""The classifier: a ``Net`` of layers built from a spec (the grammar is in
+:mod:`detector.architecture`), and what detection needs to know about it.
 
-A spec is a list of layers separated by spaces or dashes:
+A model knows its own classes, channels and priors, as a fitted scikit-learn estimator knows
+its ``classes_``; nothing downstream reaches back into the data that trained it:
 
-- ``conv16@5x5``: 16 filters of 5x5 (stride 1, no padding); ``conv16@3x3/2+1`` adds
-  stride 2 and padding 1;
-- ``maxpool2``, ``avgpool2``, ``l2pool2``: 2x2 windows, stride = size; ``maxpool3/2+1``
-  adds stride 2 and padding 1;
-- ``relu``;
-- ``fc128``: fully connected with 128 outputs; the first one flattens its input.
+- ``classes``, and ``background``: the name of the class that means "no object";
+- ``input_shape`` (channels, height, width): 1 (gray) or 3 (BGR) channels, and the window;
+- ``normalisation``: a mean and a std per channel; the net sees ``(x - mean) / std`` of
+  inputs ``x`` in [0, 1];
+- ``object_size``: an object's longer side in a positive training window, as a fraction of
+  the window's side (the windows were cut within a jitter around it);
+- ``box_aspects``: each object class's typical box width / height;
+- ``box_regression``: the last layer gives, after the class scores, 4 box offsets from
+  the window's prior box (see :mod:`detector.boxes`), as OverFeat's regression head does.
 
-The last layer must be an ``fc`` with one output per class. The default architecture uses
-valid convolutions and pools that tile their input exactly, so it unrolls into a fully
-convolutional net whose scores equal sliding windows at the net's total stride.
+The last layer of the spec must be ``fc`` with one output per class; with box regression it
+carries 4 more rows. The default architecture uses valid convolutions and pools that tile
+their input exactly, so it unrolls into a fully convolutional net whose scores equal
+sliding windows at the net's total stride.
 
 >>> net = Net(DEFAULT_SPEC, seed=0)
 >>> net.window, net.total_stride, net.receptive_field
 ((32, 32), (4, 4), (32, 32))
 """
-import re
-from dataclasses import dataclass
-
 import numpy as np
 
-from . import layers as L
-from .data import CLASSES, WINDOW
-from .shapes import output_size
+from .architecture import DEFAULT_SPEC, Conv, Linear, Pool, Relu, layer_params, parse_spec
 
-DEFAULT_SPEC = "conv16@5x5 relu maxpool2 conv32@5x5 relu maxpool2 fc128 relu fc11"
-DEFAULT_INPUT = (1, WINDOW, WINDOW)
-# patches arrive in [0, 1]; the net sees (x - mean) / std
+DEFAULT_CLASSES = ("background",) + tuple(str(d) for d in range(10))
+DEFAULT_INPUT = (1, 32, 32)
+# inputs arrive in [0, 1]; the net sees (x - mean) / std
 DEFAULT_NORMALISATION = {"mean": 0.5, "std": 0.25}
-
-_CONV = re.compile(r"conv(\d+)@(\d+)x(\d+)(?:/(\d+))?(?:\+(\d+))?$")
-_POOL = re.compile(r"(max|avg|l2)pool(\d+)(?:/(\d+))?(?:\+(\d+))?$")
-_FC = re.compile(r"fc(\d+)$")
-
-
-@dataclass
-class Conv:
-    filters: int
-    size: tuple
-    stride: int = 1
-    padding: int = 0
-    name: str = ""
-
-    def shape_after(self, shape):
-        c, h, w = shape
-        return (self.filters,
-                output_size(h, self.size[0], self.padding, self.stride, f"height after {self.name}"),
-                output_size(w, self.size[1], self.padding, self.stride, f"width after {self.name}"))
-
-    def param_shapes(self, shape):
-        return {"w": (self.filters, shape[0], *self.size), "b": (self.filters,)}
-
-    def forward(self, x, params):
-        return L.conv2d_forward(x, params["w"], params["b"], stride=self.stride, padding=self.padding)
-
-    def backward(self, dout, cache):
-        dx, dw, db = L.conv2d_backward(dout, cache)
-        return dx, {"w": dw, "b": db}
-
-
-@dataclass
-class Pool:
-    kind: str  # "max", "avg" or "l2"
-    size: int
-    stride: int
-    padding: int = 0
-    name: str = ""
-
-    def shape_after(self, shape):
-        c, h, w = shape
-        return (c, output_size(h, self.size, self.padding, self.stride, f"height after {self.name}"),
-                output_size(w, self.size, self.padding, self.stride, f"width after {self.name}"))
-
-    def param_shapes(self, shape):
-        return {}
-
-    def forward(self, x, params):
-        return getattr(L, f"{self.kind}_pool2d_forward")(x, self.size, stride=self.stride, padding=self.padding)
-
-    def backward(self, dout, cache):
-        return getattr(L, f"{self.kind}_pool2d_backward")(dout, cache), {}
-
-
-@dataclass
-class Relu:
-    name: str = ""
-
-    def shape_after(self, shape):
-        return shape
-
-    def param_shapes(self, shape):
-        return {}
-
-    def forward(self, x, params):
-        return L.relu_forward(x)
-
-    def backward(self, dout, cache):
-        return L.relu_backward(dout, cache), {}
-
-
-@dataclass
-class Linear:
-    outputs: int
-    name: str = ""
-
-    def shape_after(self, shape):
-        return (self.outputs,)
-
-    def param_shapes(self, shape):
-        return {"w": (self.outputs, int(np.prod(shape))), "b": (self.outputs,)}
-
-    def forward(self, x, params):
-        out, cache = L.linear_forward(x.reshape(len(x), -1), params["w"], params["b"])
-        return out, (cache, x.shape)
-
-    def backward(self, dout, cache):
-        cache, in_shape = cache
-        dx, dw, db = L.linear_backward(dout, cache)
-        return dx.reshape(in_shape), {"w": dw, "b": db}
-
-
-def parse_spec(spec):
-    """The layers of a spec string, each named after its kind and position (conv1, fc2...)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("the spec must be a non-empty string such as " + repr(DEFAULT_SPEC))
-    result, counts = [], {}
-    for token in re.split(r"[\s\-]+", spec.strip()):
-        if m := _CONV.match(token):
-            k, fh, fw, s, p = m.groups()
-            layer = Conv(int(k), (int(fh), int(fw)), int(s or 1), int(p or 0))
-        elif m := _POOL.match(token):
-            kind, f, s, p = m.groups()
-            layer = Pool(kind, int(f), int(s or f), int(p or 0))
-        elif token == "relu":
-            layer = Relu()
-        elif m := _FC.match(token):
-            layer = Linear(int(m.group(1)))
-        else:
-            raise ValueError(
-                f"cannot read layer {token!r} of the spec: expected conv16@5x5[/stride][+pad], "
-                "maxpool2 / avgpool2 / l2pool2 [/stride][+pad], relu or fc128"
-            )
-        kind = type(layer).__name__.lower().replace("linear", "fc")
-        counts[kind] = counts.get(kind, 0) + 1
-        layer.name = f"{kind}{counts[kind]}"
-        result.append(layer)
-    for layer in result:
-        sizes = [getattr(layer, a) for a in ("filters", "outputs", "size", "stride") if hasattr(layer, a)]
-        if any(v < 1 for s in sizes for v in np.atleast_1d(s)):
-            raise ValueError(f"{layer.name}: sizes, strides and counts must be at least 1 in {spec!r}")
-    return result
+# the middle of the digits' 50-80% of the window, on a log scale
+DEFAULT_OBJECT_SIZE = float(np.sqrt(0.5 * 0.8))
+BOX_OFFSETS = 4  # (dx, dy, dw, dh) of the regression head
+# far above any net this project trains; refuses a spec (or a hostile header) that would
+# allocate gigabytes before anything else is checked
+MAX_PARAMETERS = 50_000_000
 
 
 class Net:
-    """An ordered list of layers with their parameters.
+    """An ordered list of layers with their parameters, and the model's priors.
 
-    ``Net(spec, input_shape=(1, 32, 32), classes=CLASSES, seed=0)`` builds one with He
+    ``Net(spec, input_shape=(1, 32, 32), classes=DEFAULT_CLASSES, seed=0)`` builds one with He
     initialisation from the seed; :func:`detector.checkpoint.load` restores a trained one.
+    ``background`` defaults to the first class; ``box_aspects`` to 1 for every object class.
     """
 
-    def __init__(self, spec=DEFAULT_SPEC, input_shape=DEFAULT_INPUT, classes=CLASSES, seed=0,
-                 normalisation=None, dtype=np.float32):
+    def __init__(self, spec=DEFAULT_SPEC, input_shape=DEFAULT_INPUT, classes=DEFAULT_CLASSES, seed=0,
+                 normalisation=None, dtype=np.float32, background=None, object_size=DEFAULT_OBJECT_SIZE,
+                 box_aspects=None, box_regression=False):
         self.spec = spec
         self.layers = parse_spec(spec)
-        self.input_shape = tuple(int(v) for v in input_shape)
-        self.classes = list(classes)
-        self.normalisation = dict(normalisation or DEFAULT_NORMALISATION)
+        self.input_shape = _input_shape(input_shape)
+        self.classes = [str(c) for c in classes]
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"a net needs at least 2 distinct class names, got {self.classes}")
+        self.background = self.classes[0] if background is None else str(background)
+        if self.background not in self.classes:
+            raise ValueError(f"the background class {self.background!r} is not one of the classes {self.classes}")
+        self.normalisation = _per_channel(normalisation or DEFAULT_NORMALISATION, self.channels)
+        if not 0 < float(object_size) <= 1:
+            raise ValueError(f"object_size is a fraction of the window in (0, 1], got {object_size}")
+        self.object_size = float(object_size)
+        self.box_aspects = {c: 1.0 for c in self.objects}
+        for name, aspect in (box_aspects or {}).items():
+            if name not in self.box_aspects or not np.isfinite(aspect) or not 0.05 <= aspect <= 20:
+                raise ValueError(f"box aspect {name!r}: {aspect!r} (need an object class and a width / height "
+                                 "between 0.05 and 20)")
+            self.box_aspects[name] = float(aspect)
+        self.box_regression = bool(box_regression)
         self.shapes = [self.input_shape]  # the activation shape before each layer, then the output
         seen_fc = False
         for layer in self.layers:
@@ -180,14 +82,56 @@ class Net:
             raise ValueError(
                 f"the spec must end in fc{len(self.classes)}: one output per class of {self.classes}"
             )
+        if self.box_regression:  # the head's 4 box offsets ride on the last layer
+            self.layers[-1].outputs += BOX_OFFSETS
+            self.shapes[-1] = (self.outputs,)
+        param_shapes = [layer.param_shapes(shape) for layer, shape in zip(self.layers, self.shapes)]
+        total = sum(int(np.prod(s, dtype=np.float64)) for p in param_shapes for s in p.values())
+        if total > MAX_PARAMETERS:
+            raise ValueError(f"the spec {spec!r} has {total:,} parameters on a {self.input_shape} input, "
+                             f"more than the {MAX_PARAMETERS:,} a detector net may have")
         rng = np.random.default_rng(seed)
         self.params = {}
-        for layer, shape in zip(self.layers, self.shapes):
-            for key, pshape in layer.param_shapes(shape).items():
+        for layer, shapes in zip(self.layers, param_shapes):
+            for key, pshape in shapes.items():
                 fan_in = int(np.prod(pshape[1:])) if key == "w" else 1
                 value = rng.standard_normal(pshape) * np.sqrt(2.0 / fan_in) if key == "w" else np.zeros(pshape)
                 self.params[f"{layer.name}.{key}"] = value.astype(dtype)
+        self.metrics, self.data = {}, {}  # what training measured, and what it trained on
         self._caches = None
+
+    # -- what the model is -------------------------------------------------------------------
+
+    @property
+    def channels(self):
+        """1 (gray) or 3 (BGR) for an image model: what the net's input holds."""
+        return self.input_shape[0]
+
+    @property
+    def background_index(self):
+        return self.classes.index(self.background)
+
+    @property
+    def objects(self):
+        """The object classes: every class but the background, in order."""
+        return [c for c in self.classes if c != self.background]
+
+    @property
+    def outputs(self):
+        """Raw outputs per window: the class scores, then the box offsets if any."""
+        return len(self.classes) + (BOX_OFFSETS if self.box_regression else 0)
+
+    @property
+    def object_pixels(self):
+        """An object's longer side, in window pixels, as the net was trained to see it."""
+        return self.object_size * min(self.window)
+
+    def priors(self):
+        """The header fields that describe what the net detects (see the module docstring)."""
+        return {"classes": list(self.classes), "background": self.background, "channels": self.channels,
+                "normalisation": {k: list(v) for k, v in self.normalisation.items()},
+                "window": list(self.window), "object_size": self.object_size,
+                "box_aspects": dict(self.box_aspects), "box_regression": self.box_regression}
 
     # -- geometry ----------------------------------------------------------------------------
 
@@ -230,12 +174,16 @@ class Net:
         """The layer's parameters by short name ("w", "b")."""
         return layer_params(self.params, layer)
 
-    def normalise(self, patches):
-        return (patches - self.normalisation["mean"]) / self.normalisation["std"]
+    def normalise(self, x):
+        """``(x - mean) / std`` per channel, for x (..., C, H, W) in [0, 1]."""
+        mean, std = (np.asarray(self.normalisation[k], x.dtype if x.dtype.kind == "f" else np.float32)
+                     .reshape(-1, 1, 1) for k in ("mean", "std"))
+        return (x - mean) / std
 
     def forward(self, x, train=False):
-        """Class scores (N, classes) of normalised inputs x (N, C, H, W). With ``train``, the
-        caches are kept for :meth:`backward`."""
+        """Raw outputs (N, :attr:`outputs`) of normalised inputs x (N, C, H, W): class
+        scores, then box offsets if the net has them. With ``train``, the caches are kept
+        for :meth:`backward`."""
         caches = []
         for layer in self.layers:
             x, cache = layer.forward(x, self.params_of(layer))
@@ -256,29 +204,57 @@ class Net:
         return grads
 
     def predict(self, patches, batch_size=512):
-        """Class probabilities (N, classes) of patches (N, C, H, W) in [0, 1]."""
+        """Class probabilities (N, classes) of patches (N, C, H, W) in [0, 1] (or uint8)."""
+        return softmax(self._raw(patches, batch_size)[:, :len(self.classes)])
+
+    def predict_boxes(self, patches, batch_size=512):
+        """Class probabilities (N, classes) and box offsets (N, 4) of patches in [0, 1]
+        (see :mod:`detector.boxes`); needs a net with ``box_regression``."""
+        if not self.box_regression:
+            raise ValueError("this net has no box-regression head")
+        raw = self._raw(patches, batch_size)
+        return softmax(raw[:, :len(self.classes)]), raw[:, len(self.classes):]
+
+    @property
+    def dtype(self):
+        return next(iter(self.params.values())).dtype
+
+    def _raw(self, patches, batch_size):
+        """Raw outputs (N, outputs) of patches in [0, 1] (or uint8), a batch at a time."""
         patches = np.asarray(patches)
         if patches.ndim != 4 or patches.shape[1:] != self.input_shape:
             raise ValueError(f"patches must have shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {patches.shape}")
         if patches.dtype.kind not in "fu":
             raise TypeError(f"patches must be float in [0, 1] (or uint8 0-255), got dtype {patches.dtype}")
-        dtype = self.params[next(iter(self.params))].dtype
-        scale = 255.0 if patches.dtype == np.uint8 else 1.0
-        out = []
-        for start in range(0, len(patches), batch_size):
-            x = self.normalise(patches[start:start + batch_size].astype(dtype) / dtype.type(scale))
-            out.append(softmax(self.forward(x.astype(dtype))))
-        return np.concatenate(out) if out else np.empty((0, len(self.classes)), dtype)
-
-
-def layer_params(params, layer):
-    """From parameters named "<layer>.<key>", the given layer's, by key."""
-    prefix = layer.name + "."
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+        dtype = self.dtype
+        scale = dtype.type(255.0 if patches.dtype == np.uint8 else 1.0)
+        out = [self.forward(self.normalise(patches[i:i + batch_size].astype(dtype) / scale).astype(dtype))
+               for i in range(0, len(patches), batch_size)]
+        return np.concatenate(out) if out else np.empty((0, self.outputs), dtype)
 
 
 def softmax(scores):
     shifted = scores - scores.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _input_shape(shape):
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape is (channels, height, width), each at least 1, got {shape}")
+    return shape
+
+
+def _per_channel(normalisation, channels):
+    """{"mean": [...], "std": [...]}, one value per channel; a single number is broadcast."""
+    out = {}
+    for key in ("mean", "std"):
+        value = np.broadcast_to(np.asarray(normalisation[key], np.float64).ravel(), (channels,)) \
+            if np.size(normalisation[key]) in (1, channels) else None
+        if value is None or not np.isfinite(value).all() or (key == "std" and (value <= 0).any()):
+            raise ValueError(f"normalisation {key} must be {channels} finite number(s)"
+                             f"{' above 0' if key == 'std' else ''}, got {normalisation[key]!r}")
+        out[key] = [float(v) for v in value]
+    return out

@@ -103,3 +103,48 @@ def test_failed_write_leaves_the_old_file(net, saved, monkeypatch):
         checkpoint.save(Net(seed=6), str(saved))
     assert saved.read_bytes() == before
     assert os.listdir(saved.parent) == ["model.npz"]  # no temporary file left behind
+
+
+def test_priors_round_trip(tmp_path):
+    net = Net("conv3@3x3 relu maxpool2 fc4", (3, 10, 10), ["cat", "none", "dog", "owl"], seed=2,
+              background="none", object_size=0.7, box_aspects={"cat": 1.25, "owl": 0.5},
+              normalisation={"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}, box_regression=True)
+    path = tmp_path / "colour.npz"
+    checkpoint.save(net, str(path), data={"source": "coco", "category_ids": {"cat": 3}})
+    loaded = checkpoint.load(str(path))
+    assert loaded.priors() == net.priors() and loaded.data["category_ids"] == {"cat": 3}
+    x = np.random.default_rng(1).random((3, 3, 10, 10), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.predict_boxes(x)[1], net.predict_boxes(x)[1])
+
+
+def test_version_1_files_load_with_the_documented_defaults(saved):
+    def as_version_1(header):
+        header["version"] = 1
+        for key in ("background", "object_size", "box_aspects", "box_regression", "data"):
+            header.pop(key)
+        header["normalisation"] = {"mean": 0.5, "std": 0.25}
+
+    rewrite(saved, mutate_header=as_version_1)
+    net = checkpoint.load(str(saved))
+    assert net.background == "background" and net.box_regression is False
+    assert net.normalisation == {"mean": [0.5], "std": [0.25]} and set(net.box_aspects.values()) == {1.0}
+
+
+@pytest.mark.parametrize("version", ["1", 0, -3, True, None, 1.0])
+def test_a_version_that_is_no_version_number(saved, version):
+    rewrite(saved, mutate_header=lambda h: h.update(version=version))
+    with pytest.raises(CheckpointError, match="is not a version number"):
+        checkpoint.load(str(saved))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(spec="fc99999999 fc11"), "50,000,000"),
+    (dict(classes="background"), "valid net"),
+    (dict(background="zebra"), "background class 'zebra'"),
+    (dict(dtype="object"), "float32 or float64"),
+    (dict(normalisation=[1, 2]), "valid net"),
+])
+def test_hostile_header_fails_before_allocating(saved, change, message):
+    rewrite(saved, mutate_header=lambda h: h.update(change))
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(str(saved))

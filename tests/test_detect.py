@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import detector
-from detector import data
+from detector.datasets import digits
 from detector.cli import main
-from detector.detect import _level_boxes, detect, pyramid_scales
+from detector.detect import DetectOptions, detect, level_boxes, pyramid_scales
+from detector.model import Net
 from detector.evaluate import match
 from detector.nms import iou
 
@@ -20,9 +21,10 @@ def net():
 
 def one_digit_scene(digit, height, center, size=(200, 150), seed=0):
     rng = np.random.default_rng(seed)
-    canvas = data.clutter(size[::-1], rng)
-    box = data.draw_digit(canvas, digit, center, height, rng, data.ink_value(canvas, rng))
-    return (data.finish(canvas, rng) * 255).astype(np.uint8), np.array(box)
+    canvas = digits.clutter(size[::-1], rng)
+    style = digits.random_style(rng, digits.FONTS["train"])
+    box = digits.draw(canvas, str(digit), center, height, style, digits.ink_colour(canvas, rng))[0]
+    return (digits.finish(canvas, rng) * 255).round().astype(np.uint8), np.array(box)
 
 
 @pytest.mark.parametrize("height", [18, 30, 55, 90])
@@ -34,18 +36,47 @@ def test_digits_of_any_size_are_found_where_they_are(net, height):
 
 
 def test_window_boxes_map_back_through_the_level_scale():
+    net = Net(box_aspects={"7": 0.5})
     probs = np.zeros((11, 5, 6), np.float32)
     probs[0] = 1
     probs[:, 2, 3] = 0
     probs[8, 2, 3] = 0.9  # digit "7" at map row 2, column 3
-    boxes, scores, labels = _level_boxes(probs, 4, (0.5, 0.25), (32, 32), 0.5)
+    boxes, scores, labels = level_boxes(probs, np.empty((0, 5, 6)), net, 4, (0.5, 0.25), 0.5)
     assert labels.tolist() == [8] and scores == pytest.approx([0.9])
     cx, cy = (boxes[0, 0] + boxes[0, 2]) / 2, (boxes[0, 1] + boxes[0, 3]) / 2
-    assert (cx, cy) == pytest.approx(((3 * 4 + 15.5) / 0.5, (2 * 4 + 15.5) / 0.25))
+    assert (cx, cy) == pytest.approx(((3 * 4 + 16) / 0.5, (2 * 4 + 16) / 0.25))
+    # the prior box: the longer side (height, aspect 0.5) is the object size in the level
+    assert boxes[0, 3] - boxes[0, 1] == pytest.approx(net.object_pixels / 0.25)
+    assert boxes[0, 2] - boxes[0, 0] == pytest.approx(0.5 * net.object_pixels / 0.5)
+
+
+def test_a_box_head_moves_and_stretches_the_prior_box():
+    net = Net(box_regression=True)
+    probs = np.zeros((11, 3, 3), np.float32)
+    probs[0] = 1
+    probs[:, 1, 1] = 0
+    probs[3, 1, 1] = 0.8  # digit "2" at the centre cell
+    offsets = np.zeros((4, 3, 3), np.float32)
+    offsets[:, 1, 1] = (0.1, -0.2, np.log(1.5), np.log(0.5))
+    boxes, _, labels = level_boxes(probs, offsets, net, 4, (1.0, 1.0), 0.5)
+    side = net.object_pixels  # aspect 1: a square prior
+    expected = (4 + 16 + 0.1 * side, 4 + 16 - 0.2 * side, 1.5 * side, 0.5 * side)
+    cx, cy, w, h = ((boxes[0, 0] + boxes[0, 2]) / 2, (boxes[0, 1] + boxes[0, 3]) / 2,
+                    boxes[0, 2] - boxes[0, 0], boxes[0, 3] - boxes[0, 1])
+    assert labels.tolist() == [3] and (cx, cy, w, h) == pytest.approx(expected)
+
+
+def test_the_background_class_is_the_models_own():
+    net = Net("conv3@5x5 relu maxpool4 fc3", (1, 12, 12), ["cat", "nothing", "dog"], background="nothing")
+    probs = np.zeros((3, 2, 2), np.float32)
+    probs[1] = 1  # "nothing" everywhere but one cell, where "cat" wins
+    probs[:, 0, 1] = (0.7, 0.3, 0.0)
+    boxes, scores, labels = level_boxes(probs, np.empty((0, 2, 2)), net, 4, (1.0, 1.0), 0.5)
+    assert labels.tolist() == [0] and scores == pytest.approx([0.7])
 
 
 def test_default_model_finds_the_digits_of_a_scene(net):
-    image, boxes, labels = data.scene(4242, size=(480, 360))
+    image, boxes, labels = digits.scene(4242, size=(480, 360))
     found = detect(image, net, class_agnostic=True).detections
     for box, label in zip(boxes, labels):
         mine = [d for d in found if d.label == label]
@@ -53,7 +84,7 @@ def test_default_model_finds_the_digits_of_a_scene(net):
 
 
 def test_both_modes_give_the_same_detections_and_maps(net):
-    image, _, _ = data.scene(11, size=(200, 150))
+    image, _, _ = digits.scene(11, size=(200, 150))
     fcn = detect(image, net, mode="fcn", return_maps=True)
     sliding = detect(image, net, mode="sliding", return_maps=True)
     assert [d.label for d in fcn.detections] == [d.label for d in sliding.detections]
@@ -65,20 +96,21 @@ def test_both_modes_give_the_same_detections_and_maps(net):
 
 
 def test_knobs(net):
-    image, _, _ = data.scene(12, size=(320, 240))
+    image, _, _ = digits.scene(12, size=(320, 240))
     many = detect(image, net, score_threshold=0.3).detections
-    assert len(detect(image, net, score_threshold=0.3, max_detections=3).detections) == 3
+    capped = detect(image, net, score_threshold=0.3, max_detections=3)
+    assert len(capped.detections) == 3 and capped.truncated == len(many) - 3
     assert all(d.score >= 0.9 for d in detect(image, net, score_threshold=0.9).detections)
     agnostic = detect(image, net, score_threshold=0.3, class_agnostic=True).detections
     assert len(agnostic) <= len(many)
     assert len(detect(image, net, scales=[1.0], return_maps=True).levels) == 1
-    scales = pyramid_scales(240, 320, (32, 32), min_size=20, max_size=100, scale_step=1.5)
-    assert scales[0] == pytest.approx(0.632 * 32 / 20, rel=1e-3) and all(
+    scales = pyramid_scales(240, 320, (32, 32), net.object_pixels, min_size=20, max_size=100, scale_step=1.5)
+    assert scales[0] == pytest.approx(net.object_pixels / 20) and all(
         a / b == pytest.approx(1.5) for a, b in zip(scales, scales[1:]))
 
 
 def test_colour_and_float_images_give_the_same_answer_as_gray(net):
-    gray, _, _ = data.scene(13, size=(160, 120))
+    gray, _, _ = digits.scene(13, size=(160, 120))
     expected = [(d.label, round(d.score, 4)) for d in detect(gray, net).detections]
     colour = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     assert [(d.label, round(d.score, 4)) for d in detect(colour, net).detections] == expected
@@ -99,6 +131,11 @@ def test_colour_and_float_images_give_the_same_answer_as_gray(net):
     (np.zeros((64, 64), np.uint8), {"scales": [float("nan")]}, ValueError, "scales must be positive, finite"),
     (np.zeros((64, 64), np.uint8), {"scales": [float("inf")]}, ValueError, "scales must be positive, finite"),
     (np.zeros((64, 64), np.uint8), {"scales": [50.0]}, ValueError, "enlarges the image more than 4x"),
+    (np.zeros((64, 64), np.uint8), {"scales": [0.5] * 41}, ValueError, "at most 40 scales"),
+    (np.zeros((64, 64), np.uint8), {"scales": [float("nan")] * 4000}, ValueError, r"characters\)$"),
+    (np.zeros((64, 64), np.uint8), {"scale_step": 1.0000001}, ValueError, "scale_step must be at least"),
+    (np.zeros((64, 64), np.uint8), {"max_detections": 0}, ValueError, "max_detections"),
+    (np.zeros((64, 64), np.uint8), {"stride": 1.5}, ValueError, "stride must be a whole number"),
     (np.zeros((64, 64), np.uint8), {"min_size": 0.5}, ValueError, "enlarges the image more than 4x"),
     (np.zeros((64, 64), np.uint8), {"min_size": float("nan")}, ValueError, "min_size"),
 ])
@@ -108,7 +145,7 @@ def test_bad_input_is_explained(net, image, kwargs, error, message):
 
 
 def test_detect_command_writes_json_pictures_and_coco(tmp_path, capsys):
-    image, _, _ = data.scene(14, size=(200, 150))
+    image, _, _ = digits.scene(14, size=(200, 150))
     path = tmp_path / "scene.png"
     cv2.imwrite(str(path), image)
     out, heat, coco = tmp_path / "boxes.png", tmp_path / "heat.png", tmp_path / "coco.json"
@@ -116,7 +153,9 @@ def test_detect_command_writes_json_pictures_and_coco(tmp_path, capsys):
                  "--coco-json", str(coco), "--image-id", "7"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["size"] == [150, 200] and printed["detections"]
-    assert cv2.imread(str(out)).shape == (150, 200, 3) and cv2.imread(str(heat)).shape == (150, 200, 3)
+    assert cv2.imread(str(out)).shape == (150, 200, 3)
+    heat_picture = cv2.imread(str(heat))
+    assert heat_picture.shape[0] > 150 and heat_picture.shape[1] > 200  # a title above, a colour bar beside
     results = json.loads(coco.read_text())
     first, det = results[0], printed["detections"][0]
     assert first["image_id"] == 7 and first["category_id"] == int(det["label"]) + 1
@@ -129,7 +168,8 @@ def test_eval_command_on_written_scenes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--scenes", str(tmp_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"map", "ap"} and 0.5 <= result["map"] <= 1
+    assert {"voc_map50", "ap50", "ap", "ap75", "per_class"} <= set(result) and result["images"] == 3
+    assert 0.5 <= result["voc_map50"] <= 1 and 0 < result["ap"] <= result["ap50"] <= 1
 
 
 def test_unreadable_image_is_a_clear_command_error(tmp_path, capsys):

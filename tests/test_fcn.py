@@ -77,9 +77,10 @@ def test_fc_layers_become_convolutions_with_the_same_flops_on_one_window():
     net = detector.load_model()
     fcn = net.to_fcn()
     assert [type(layer).__name__ for layer in fcn.layers][-3:] == ["Conv", "Relu", "Conv"]
-    assert fcn.params["fc1.w"].shape == (128, 32, 5, 5) and fcn.params["fc2.w"].shape == (11, 128, 1, 1)
-    assert fcn.window == net.window and fcn.total_stride == net.total_stride
-    one_window = 2 * (16 * 28 * 28 * 25 + 32 * 10 * 10 * 400 + 128 * 800 + 11 * 128)
+    outputs = net.outputs  # 11 class scores, and 4 box offsets with a regression head
+    assert fcn.params["fc1.w"].shape == (128, 32, 5, 5) and fcn.params["fc2.w"].shape == (outputs, 128, 1, 1)
+    assert fcn.window == net.window and fcn.total_stride == net.total_stride and fcn.outputs == outputs
+    one_window = 2 * (16 * 28 * 28 * 25 + 32 * 10 * 10 * 400 + 128 * 800 + outputs * 128)
     assert layer_flops(net.layers, (1, 32, 32)) == one_window
     assert layer_flops(fcn.layers, (1, 32, 32)) == one_window
 

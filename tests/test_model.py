@@ -84,3 +84,51 @@ def test_predict_gives_probabilities_and_checks_its_input():
         net.predict(np.zeros((1, 1, 32, 32), object))
     with pytest.raises(RuntimeError, match="forward"):
         net.backward(np.zeros((1, 11), np.float32))
+
+
+def test_box_head_rides_on_the_last_layer_and_has_exact_gradients():
+    net = Net("conv3@3x3 relu maxpool2 fc5 relu fc3", (3, 8, 8), CLASSES, seed=1, dtype=np.float64,
+              box_regression=True)
+    assert net.outputs == 7 and net.params["fc2.w"].shape == (7, 5)
+    rng = np.random.default_rng(3)
+    x, labels, targets = rng.random((4, 3, 8, 8)), np.array([0, 1, 2, 1]), rng.standard_normal((4, 4))
+
+    def loss():
+        out = net.forward(x)
+        return L.softmax_cross_entropy(out[:, :3], labels)[0] + 0.5 * np.sum((out[:, 3:] - targets) ** 2)
+
+    out = net.forward(x, train=True)
+    _, dscores = L.softmax_cross_entropy(out[:, :3], labels)
+    grads = net.backward(np.concatenate([dscores, out[:, 3:] - targets], axis=1))
+    for name, param in net.params.items():
+        assert ref.relative_error(grads[name], ref.numerical_gradient(loss, param)) < 1e-6, name
+    probs, offsets = net.predict_boxes(x)
+    assert probs.shape == (4, 3) and offsets.shape == (4, 4)
+    np.testing.assert_allclose(probs, net.predict(x))
+    np.testing.assert_allclose(offsets, net.forward(net.normalise(x))[:, 3:])
+
+
+def test_priors_are_the_models_own():
+    net = Net("conv3@3x3 relu fc3", (3, 6, 6), ["cat", "none", "dog"], background="none", object_size=0.5,
+              box_aspects={"cat": 1.5}, normalisation={"mean": [0.1, 0.2, 0.3], "std": 0.5})
+    assert net.objects == ["cat", "dog"] and net.background_index == 1 and net.channels == 3
+    assert net.box_aspects == {"cat": 1.5, "dog": 1.0} and net.object_pixels == 3.0
+    x = np.random.default_rng(0).random((2, 3, 6, 6), dtype=np.float32)
+    expected = (x - np.array([0.1, 0.2, 0.3], np.float32)[:, None, None]) / np.float32(0.5)
+    np.testing.assert_allclose(net.normalise(x), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(spec="fc99999999 fc2", classes=["a", "b"]), "more than the 50,000,000"),
+    (dict(spec="conv3@3x3 fc3", classes=CLASSES, background="cat"), "background class 'cat'"),
+    (dict(spec="conv3@3x3 fc3", classes=CLASSES, input_shape=(0, 8, 8)), "at least 1"),
+    (dict(spec="conv3@3x3 fc3", classes=CLASSES, normalisation={"mean": [0.1, 0.2], "std": 1}), "mean"),
+    (dict(spec="conv3@3x3 fc3", classes=CLASSES, normalisation={"mean": 0.5, "std": 0}), "std"),
+    (dict(spec="conv3@3x3 fc3", classes=CLASSES, object_size=1.5), "object_size"),
+    (dict(spec="conv3@3x3 fc3", classes=CLASSES, box_aspects={"zebra": 1.0}), "zebra"),
+    (dict(spec="conv3@3x3 fc2", classes=["a", "a"]), "distinct"),
+])
+def test_bad_priors_are_explained(kwargs, message):
+    kwargs.setdefault("input_shape", (1, 8, 8))
+    with pytest.raises(ValueError, match=message):
+        Net(**kwargs)

@@ -7,14 +7,14 @@ from detector.train import TrainConfig, train
 
 
 def small_config(tmp_path, **kw):
-    return TrainConfig(out=str(tmp_path / "m.npz"), epochs=4, train_size=1000, val_size=300,
-                       warmup_steps=10, progress=False, **kw)
+    return TrainConfig(out=str(tmp_path / "m.npz"), epochs=5, train_size=2000, val_size=300,
+                       warmup_steps=60, progress=False, **kw)
 
 
 def test_short_training_learns(tmp_path):
     net, summary = train(small_config(tmp_path), log=lambda *_: None)
     history = summary["history"]
-    assert len(history) == 4
+    assert len(history) == 5
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     # chance is 1/11, and always answering "background" scores 0.5
     assert summary["val_accuracy"] > 0.8
@@ -36,7 +36,7 @@ def test_interrupt_keeps_the_best_model(tmp_path, monkeypatch):
 
     def interrupt_in_epoch_two(scores, labels):
         calls.append(1)
-        if len(calls) == 22:  # 1000 / 64 = 16 steps per epoch
+        if len(calls) == 40:  # 2000 / 64 = 32 steps per epoch
             raise KeyboardInterrupt
         return real(scores, labels)
 
@@ -60,25 +60,32 @@ def test_bad_settings_are_refused(tmp_path, field, value, message):
 
 def test_mining_takes_only_detections_off_the_ground_truth():
     import detector
-    from detector import data
+    from detector.datasets import digits
     from detector.detect import detect
     from detector.nms import iou
     from detector.train import false_positives, mine_negatives
 
     net = detector.load_model()
-    image, boxes, _ = data.scene(71, size=(480, 360))
+    image, boxes, _ = digits.scene(71, size=(480, 360))
     everything = detect(image, net, max_detections=None, score_threshold=0.05).detections
     mined = false_positives(net, image, boxes, score_threshold=0.05)
     on_digits = [d for d in everything if iou(np.array(d.box), boxes).max() >= 0.5]
     assert mined and on_digits, "the scene must give both kinds of detection"
     assert all(iou(np.array(d.box), boxes).max() < 0.5 for d in mined)
     assert len(mined) + len(on_digits) == len(everything)
-    patches = mine_negatives(net, [77, 78])
-    assert patches.shape[1:] == (1, 32, 32) and patches.dtype == np.float32
+    patches = mine_negatives(net, [(image, boxes)], score_threshold=0.05)
+    assert patches.shape == (len(mined), 1, 32, 32) and patches.dtype == np.float32
     assert 0 <= patches.min() and patches.max() <= 1
+    # each window holds its false detection as a positive window holds an object: the
+    # detection's box, centred, its longer side the model's object size
+    probs = net.predict(patches)
+    assert np.mean(probs[:, 0] < 0.95) >= 0.5  # the windows the net fired on, not random ones
 
 
-def test_mining_round_adds_background_and_records_it(tmp_path):
+def test_mining_round_adds_background_and_records_it(tmp_path, monkeypatch):
+    from detector.datasets import sources
+
+    monkeypatch.setattr(sources, "MINING_PHOTO_SIDES", (320,))  # one size of each photograph is enough here
     config = small_config(tmp_path, mine_rounds=1, mine_scenes=3, mine_epochs=1)
     net, summary = train(config, log=lambda *_: None)
     assert summary["mined_negatives"] > 0

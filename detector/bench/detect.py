@@ -10,9 +10,10 @@ import tracemalloc
 
 import numpy as np
 
-from .. import data, load_model
-from ..detect import sliding_scores, as_gray
-from ..model import Conv, Linear
+from .. import load_model
+from ..architecture import Conv, Linear
+from ..datasets import digits
+from ..detect import as_model_input, sliding_scores
 from .timing import median_seconds
 
 
@@ -44,8 +45,8 @@ def run(sizes=(128, 256, 512, 1024), large=4096, seed=0):
     stride = net.total_stride[0]
     rows = []
     for size in sizes:
-        image, _, _ = data.scene(seed, size=(size, size))
-        x = net.normalise(as_gray(image))[None, None].astype(np.float32)
+        image, _, _ = digits.scene(seed, size=(size, size), channels=net.channels)
+        x = net.normalise(as_model_input(image, net.channels).transpose(2, 0, 1))[None].astype(np.float32)
         map_rows, map_cols = fcn.map_size(size, size)
         sliding = median_seconds(lambda: sliding_scores(net, x, stride, None), min_repeats=3, min_seconds=1)
         dense = median_seconds(lambda: fcn.scores(x), min_repeats=5, min_seconds=1)

@@ -11,7 +11,6 @@ import cv2
 import grpc
 
 import detector
-from detector import data
 
 from .client import DetectorClient
 
@@ -34,7 +33,9 @@ def _percentile(values, q):
 
 
 def run(address=None, concurrency=(1, 4, 16), requests=200, mode="fcn", size=(640, 480), images=8):
-    scenes = [data.scene(1000 + i, size=size)[0] for i in range(images)]
+    from detector.datasets import digits
+
+    scenes = [digits.scene(1000 + i, size=size)[0] for i in range(images)]
     encoded = [cv2.imencode(".png", s)[1].tobytes() for s in scenes]
     net = detector.load_model()
     count = max(images, requests // 4)

@@ -73,6 +73,7 @@ def reply_to_dict(reply):
     out = {"detections": [{"box": [d.box.x0, d.box.y0, d.box.x1, d.box.y1], "label": d.label, "score": d.score}
                           for d in reply.detections],
            "image_size": [reply.image_height, reply.image_width], "served_by": reply.served_by,
+           "truncated": reply.truncated,
            "model": {"name": reply.model.name, "checksum": reply.model.checksum},
            "timings_ms": {f.name: getattr(reply.timings, f.name) for f in pb.Timings.DESCRIPTOR.fields}}
     return json.loads(json.dumps(out))

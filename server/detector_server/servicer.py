@@ -4,7 +4,7 @@ import time
 import grpc
 import numpy as np
 
-from detector.detect import detect
+from detector.detect import DetectOptions, detect
 
 from . import detector_pb2 as pb
 from . import detector_pb2_grpc
@@ -32,7 +32,7 @@ def _checker(context):
 
 
 def detect_options(request):
-    """detect()'s keyword arguments from a request; unset fields keep detect's defaults."""
+    """The :class:`DetectOptions` of a request; unset fields keep their defaults."""
     if request.mode not in MODES:
         raise ValueError(f"unknown mode {request.mode}: use FCN or SLIDING")
     options = {"mode": MODES[request.mode], "class_agnostic": request.class_agnostic,
@@ -40,7 +40,7 @@ def detect_options(request):
     if request.stride:
         options["stride"] = request.stride
     if request.scales:
-        options["scales"] = list(request.scales)
+        options["scales"] = tuple(request.scales)
     if request.min_size:
         options["min_size"] = request.min_size
     if request.max_size:
@@ -51,7 +51,7 @@ def detect_options(request):
         options["nms_iou"] = request.nms_iou
     if request.max_detections:
         options["max_detections"] = request.max_detections
-    return options
+    return DetectOptions(**options)
 
 
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
@@ -66,7 +66,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         try:
             image = decode(request, self.max_pixels)
             decoded = time.perf_counter()
-            result = detect(image, self.net, check=_checker(context), **detect_options(request))
+            result = detect(image, self.net, detect_options(request), check=_checker(context))
         except ImageTooLarge as error:
             code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
         except _Stop as stop:
@@ -76,14 +76,16 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         if code is not None:
             context.abort(code, message)
         reply = pb.DetectReply(model=self.identity, served_by=self.served_by,
-                               image_height=result.image_size[0], image_width=result.image_size[1])
+                               image_height=result.image_size[0], image_width=result.image_size[1],
+                               truncated=result.truncated)
         for d in result.detections:
             reply.detections.add(box=pb.Box(x0=d.box[0], y0=d.box[1], x1=d.box[2], y1=d.box[3]),
                                  label=d.label, score=d.score)
         for level in result.levels:
             scores = np.ascontiguousarray(level.scores, "<f4")
             reply.score_maps.add(scale=level.scale, stride=level.stride, classes=scores.shape[0],
-                                 height=scores.shape[1], width=scores.shape[2], data=scores.tobytes())
+                                 height=scores.shape[1], width=scores.shape[2], data=scores.tobytes(),
+                                 pad=level.pad)
         t = result.timings
         reply.timings.CopyFrom(pb.Timings(
             decode_ms=(decoded - start) * 1e3, pyramid_ms=t["pyramid"] * 1e3, inference_ms=t["inference"] * 1e3,
@@ -96,4 +98,6 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         return pb.ModelInfo(
             model=self.identity, classes=self.net.classes, window_height=self.net.window[0],
             window_width=self.net.window[1], stride=self.net.total_stride[0], spec=self.net.spec,
-            metrics_json=json.dumps(getattr(self.net, "metrics", {})), served_by=self.served_by)
+            metrics_json=json.dumps(self.net.metrics), served_by=self.served_by, channels=self.net.channels,
+            background=self.net.background, object_size=self.net.object_size, box_aspects=self.net.box_aspects,
+            box_regression=self.net.box_regression)
