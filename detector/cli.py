@@ -188,25 +188,20 @@ def _train(args):
 
 
 def _check_writable(*paths):
-    """Refuse, before any work, an output path whose folder does not exist."""
+    """Refuse, before any work, an output path that is a folder or whose folder does not exist."""
     for path in paths:
+        if path and os.path.isdir(path):
+            raise ValueError(f"cannot write {path}: it is a folder; give a file name")
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ValueError(f"cannot write {path}: its folder does not exist")
 
 
 def _read_image(path):
     """The image as it is stored (gray, BGR or BGRA; 16 bits become float in [0, 1])."""
-    import cv2
+    from .datasets.annotations import read_image
 
-    try:
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as error:
-        raise ValueError(f"cannot read an image from {path}: {error}") from None
-    if image is None:
-        raise ValueError(f"cannot read an image from {path}")
-    if image.dtype == np.uint16:
-        image = image.astype(np.float32) / 65535
-    return image
+    image = read_image(path)
+    return image.astype(np.float32) / 65535 if image.dtype == np.uint16 else image
 
 
 def _detect(args):
@@ -217,6 +212,8 @@ def _detect(args):
 
     _check_writable(args.out, args.heatmap, args.coco_json)
     net = load_model(args.model)
+    if args.heatmap_class is not None and args.heatmap_class not in net.objects:
+        raise ValueError(f"--heatmap-class {args.heatmap_class!r} is not one of the model's classes {net.objects}")
     image = _read_image(args.image)
     result = detect(image, net, _detect_options_of(args, return_maps=bool(args.heatmap)))
     if args.json:
@@ -240,22 +237,12 @@ def _detect(args):
     if args.coco_json:
         from .datasets.coco import results_json
 
+        from .datasets.coco import atomic_write_json
+
         ids = net.data.get("category_ids") or {c: i for i, c in enumerate(net.classes)}
-        _write_json(args.coco_json, results_json([(args.image_id, [(d.box, d.label, d.score)
+        atomic_write_json(args.coco_json, results_json([(args.image_id, [(d.box, d.label, d.score)
                                                                    for d in result.detections])], ids))
     return 0
-
-
-def _write_json(path, value):
-    """Write JSON atomically: a temporary file beside ``path``, renamed into place."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _eval(args):
@@ -276,33 +263,38 @@ def _eval(args):
             print(json.dumps(figures, indent=2))
         return 0
     if args.coco:
-        from .datasets.annotations import load_image
-        from .datasets.coco import read_coco, results_json
+        from .datasets.annotations import load_annotated
+        from .datasets.coco import read_coco
 
-        coco = read_coco(args.coco, images_dir=args.images)
+        coco = read_coco(args.coco, images_dir=args.images, every_class_labelled=False)
         unknown = sorted(set(net.objects) - set(coco.classes))
         if unknown:
             raise ValueError(f"{args.coco} has no categories {unknown} of the model's classes {net.objects}")
-        scenes = ((record.image_id, load_image(record.path, 3), record.boxes, record.labels) for record in coco.images)
+        # crowd boxes are neither found nor missed, as COCOeval counts them
+        scenes = ((r.image_id, load_annotated(r, 3), np.concatenate([r.boxes, r.ignore_boxes]),
+                   np.array(r.labels + r.ignore_labels, str), [False] * len(r.boxes) + [True] * len(r.ignore_boxes))
+                  for r in coco.images)
         ids = coco.category_id
     else:
         from .scenes import read_scenes
 
-        scenes = ((i, image, boxes, labels) for i, (image, boxes, labels) in enumerate(read_scenes(args.scenes)))
+        scenes = ((i, image, boxes, labels, [False] * len(boxes))
+                  for i, (image, boxes, labels) in enumerate(read_scenes(args.scenes)))
         ids = {c: i for i, c in enumerate(net.classes)}
-    images, found = [], []
-    for image_id, image, boxes, labels in scenes:
+    voc_images, coco_images, found = [], [], []
+    for image_id, image, boxes, labels, crowd in scenes:
         detections = [(d.box, d.label, d.score) for d in detect(image, net, options).detections]
-        images.append((detections, boxes, np.asarray(labels)))
+        plain = ~np.array(crowd, bool)
+        voc_images.append((detections, boxes[plain], labels[plain]))
+        coco_images.append((detections, boxes, labels, crowd))
         found.append((image_id, detections))
-    voc = mean_average_precision(images, net.objects)
-    coco_ap = coco_average_precision(images, net.objects)
+    voc = mean_average_precision(voc_images, net.objects)
+    coco_ap = coco_average_precision(coco_images, net.objects)
     if args.results_json:
-        from .datasets.coco import results_json
+        from .datasets.coco import atomic_write_json, results_json
 
-        results = results_json(found, ids)
-        _write_json(args.results_json, results)
-    result = {"images": len(images), "mode": options.mode, "voc_map50": voc["map"], "ap50": coco_ap["ap50"],
+        atomic_write_json(args.results_json, results_json(found, ids))
+    result = {"images": len(found), "mode": options.mode, "voc_map50": voc["map"], "ap50": coco_ap["ap50"],
               "ap": coco_ap["ap"], "ap75": coco_ap["ap75"],
               "per_class": {c: {"voc_ap50": voc["ap"].get(c), **coco_ap["per_class"].get(c, {})} for c in net.objects}}
     if args.json:
@@ -312,7 +304,7 @@ def _eval(args):
         for name, row in result["per_class"].items():
             if row["voc_ap50"] is not None:
                 print(f"{name:>12} {row['voc_ap50']:9.4f} {row['ap50']:7.4f} {row['ap']:7.4f}")
-        print(f"over {len(images)} images ({options.mode}): VOC mAP@0.5 {voc['map']:.4f}, "
+        print(f"over {len(found)} images ({options.mode}): VOC mAP@0.5 {voc['map']:.4f}, "
               f"COCO AP@0.5 {coco_ap['ap50']:.4f}, AP@[.5:.95] {coco_ap['ap']:.4f}")
     return 0
 

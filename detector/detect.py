@@ -236,6 +236,10 @@ def detect(image, net, options=None, tile_rows=None, check=None, **changes):
                          f"{list(scales)} shrink the {h}x{w} (HxW) image below it")
     start = time.perf_counter()
     boxes, scores, labels = (np.concatenate(a) for a in zip(*found))
+    # a padded level or the box head may reach past the image: keep what lies inside it
+    np.clip(boxes, 0, [w, h, w, h], out=boxes)
+    inside = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    boxes, scores, labels = boxes[inside], scores[inside], labels[inside]
     keep = nms(boxes, scores, options.nms_iou, None if options.class_agnostic else labels)
     cap = len(keep) if options.max_detections is None else options.max_detections
     detections = [Detection(tuple(float(v) for v in boxes[i]), net.classes[labels[i]], float(scores[i]))

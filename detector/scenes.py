@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from .datasets import digits
+from .datasets.coco import atomic_write_json
 
 ANNOTATIONS = "annotations.json"
 
@@ -25,11 +26,8 @@ def write_scenes(n, seed, folder, channels=1, split="train"):
             raise OSError(f"could not write {os.path.join(folder, name)}")
         entries.append({"file": name, "seed": seed + i, "width": image.shape[1], "height": image.shape[0],
                         "boxes": boxes.round(2).tolist(), "labels": labels.tolist()})
-    tmp = os.path.join(folder, ANNOTATIONS + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"classes": list(digits.CLASSES[1:]), "channels": channels, "split": split,
-                   "scenes": entries}, f, indent=1)
-    os.replace(tmp, os.path.join(folder, ANNOTATIONS))
+    atomic_write_json(os.path.join(folder, ANNOTATIONS), {"classes": list(digits.CLASSES[1:]), "channels": channels,
+                                                          "split": split, "scenes": entries})
     return entries
 
 
@@ -38,10 +36,16 @@ def read_scenes(folder):
     path = os.path.join(folder, ANNOTATIONS)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{folder} has no {ANNOTATIONS}: make one with 'detector data scenes'")
-    with open(path) as f:
-        entries = json.load(f)["scenes"]
-    for entry in entries:
-        image = cv2.imread(os.path.join(folder, entry["file"]), cv2.IMREAD_UNCHANGED)
+    try:
+        with open(path) as f:
+            entries = json.load(f)["scenes"]
+        scenes = [(os.path.join(folder, e["file"]), np.array(e["boxes"], np.float64).reshape(-1, 4),
+                   np.array(e["labels"], str)) for e in entries]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a scene list written by 'detector data scenes': "
+                         f"{type(error).__name__} {str(error)[:80]}") from None
+    for file, boxes, labels in scenes:
+        image = cv2.imread(file, cv2.IMREAD_UNCHANGED)
         if image is None:
-            raise ValueError(f"cannot read {os.path.join(folder, entry['file'])}")
-        yield image, np.array(entry["boxes"], np.float64).reshape(-1, 4), np.array(entry["labels"], str)
+            raise ValueError(f"cannot read {file}")
+        yield image, boxes, labels

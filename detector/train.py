@@ -200,6 +200,8 @@ def train(config, log=print, data=None):
     log(f"  {len(train_set)} training and {len(val_set)} validation windows "
         f"({_class_counts(train_set, data.classes)}) in {time.perf_counter() - started:.1f} s")
     net = build_net(config, data, train_set)
+    if config.mine_rounds:
+        net.to_fcn()  # mining detects: a net that cannot be unrolled is refused now, not after training
     net.data = data.describe()
     run = _Run(net, config, net.data.get("seeds", {}), net.data, val_set, log)
     interrupted = False

@@ -115,7 +115,7 @@ def test_labels_match_what_was_drawn(monkeypatch):
                 kinds["too small" if height < LOW else "too large"] += 1
             kinds["letters"] += not c.isdigit()
     # the hard cases are there at all
-    assert min(kinds.values()) > 5, kinds
+    assert min(kinds.values()) >= 3, kinds
 
 
 def test_digit_boxes_are_centred_at_a_positive_height():

@@ -159,3 +159,31 @@ def test_eval_on_a_coco_data_set_writes_results_pycocotools_reads(colour_net, sh
     gt = cocotools.COCO(shapes[1])
     loaded = gt.loadRes(str(results))
     assert {a["category_id"] for a in loaded.dataset["annotations"]} <= set(gt.getCatIds())
+
+
+def test_an_unreadable_image_names_its_data_set_and_id_or_is_skipped_and_counted(tmp_path, capsys):
+    path = write_shapes(str(tmp_path / "sh"), 8, seed=3)
+    doc = json.loads(open(path).read())
+    doc["images"][1]["file_name"] = "broken.png"
+    (tmp_path / "sh" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    bad = tmp_path / "sh" / "bad.json"
+    bad.write_text(json.dumps(doc))
+    args = ["train", "--data", str(bad), "--out", str(tmp_path / "m.npz"), "--no-progress", "--epochs", "1",
+            "--val-fraction", "0.25"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"image id {doc['images'][1]['id']}" in err and "broken.png" in err
+    assert main(args + ["--skip-bad"]) == 0
+    assert "skipped 1 unreadable images" in capsys.readouterr().out
+
+
+def test_a_box_under_a_pixel_is_refused_before_any_window_is_cut(tmp_path, capsys):
+    path = write_shapes(str(tmp_path / "sh"), 4, seed=4)
+    doc = json.loads(open(path).read())
+    doc["annotations"][0]["bbox"] = [10, 10, 0.001, 0.001]  # a window around it would be gigapixels
+    bad = tmp_path / "sh" / "tiny.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", str(bad), "--out", str(tmp_path / "m.npz"), "--no-progress"])
+    assert exit_.value.code == 2 and "under 1 pixel" in capsys.readouterr().err

@@ -43,6 +43,9 @@ class WindowSet:
     @classmethod
     def concat(cls, sets):
         sets = [s for s in sets if len(s)]
+        if not sets:
+            raise ValueError("no windows: the data set has too few images for a training and a validation "
+                             "split (lower --val-fraction or add images)")
         return cls(np.concatenate([s.x for s in sets]), np.concatenate([s.labels for s in sets]),
                    np.concatenate([s.boxes for s in sets]))
 

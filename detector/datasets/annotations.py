@@ -77,20 +77,23 @@ def to_channels(image, channels, name="the image"):
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if channels == 1 else np.ascontiguousarray(image)
 
 
-def load_image(path, channels):
-    """The image at ``path`` as uint8 (H, W) for ``channels`` 1 or (H, W, 3) BGR for 3.
-
-    Any file OpenCV decodes; gray, BGR and BGRA, 8 or 16 bits. Unicode paths work. A missing
-    or unreadable file raises ``ValueError`` naming the path.
-    """
+def read_image(path):
+    """The image at ``path`` as it is stored (any depth; gray, BGR or BGRA). Unicode paths
+    work. A missing or unreadable file raises ``ValueError`` naming the path."""
     path = os.fspath(path)
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (gray) or 3 (BGR), got {channels!r}")
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as error:
         raise ValueError(f"cannot read an image from {path}: {error.strerror or error}") from None
-    return to_channels(decode_image(data, path), channels, path)
+    return decode_image(data, path)
+
+
+def load_image(path, channels):
+    """The image at ``path`` (see :func:`read_image`) as uint8 (H, W) for ``channels`` 1 or
+    (H, W, 3) BGR for 3."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (gray) or 3 (BGR), got {channels!r}")
+    return to_channels(read_image(path), channels, os.fspath(path))
 
 
 def load_annotated(item, channels):

@@ -185,6 +185,9 @@ def _images(path, entries, base, problems):
     return records, skipped
 
 
+MIN_SIDE = 1.0  # pixels: a box's smallest width or height
+
+
 def _box(where, bbox, width, height):
     """``(x0, y0, x1, y1)`` clipped to the image, or the reason it is bad."""
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
@@ -193,6 +196,8 @@ def _box(where, bbox, width, height):
     for size, name in ((w, "width"), (h, "height")):
         if size <= 0:
             return f"{where}: box {bbox} has {'zero' if size == 0 else 'negative'} {name}"
+        if size < MIN_SIDE:  # a window cut around it would enlarge it to gigapixels
+            return f"{where}: box {bbox} has a {name} of {size:g}, under {MIN_SIDE:g} pixel"
     if x < -TOLERANCE or y < -TOLERANCE or x + w > width + TOLERANCE or y + h > height + TOLERANCE:
         return (f"{where}: box {bbox} (x0, y0, x1, y1 = {x:g}, {y:g}, {x + w:g}, {y + h:g}) lies outside "
                 f"the {width}x{height} (WxH) image by more than {TOLERANCE:g} pixel")
@@ -202,10 +207,12 @@ def _box(where, bbox, width, height):
     return box
 
 
-def read_coco(json_path, images_dir=None, skip_bad=False, log=None):
+def read_coco(json_path, images_dir=None, skip_bad=False, log=None, every_class_labelled=True):
     """The :class:`CocoData` of a COCO instances JSON, validated (see the module docstring).
 
     ``images_dir`` is the folder ``file_name`` is relative to (default: the JSON's folder).
+    ``every_class_labelled=False`` keeps categories without annotations (as ground truth for
+    evaluation may have) instead of calling them an error.
     """
     path = os.fspath(json_path)
     doc = _load_json(path)
@@ -247,7 +254,7 @@ def read_coco(json_path, images_dir=None, skip_bad=False, log=None):
         for label in record["labels"]:
             examples[label] += 1
     for cid, name in list(names.items()):
-        if not examples[name]:
+        if not examples[name] and every_class_labelled:
             problems.bad("classes", f"{path}: class {name!r} (category id {cid}) has no examples: no "
                                     "annotation other than crowds uses it; label some or remove the category")
             del names[cid]
@@ -262,7 +269,8 @@ def read_coco(json_path, images_dir=None, skip_bad=False, log=None):
                     images, skipped)
 
 
-def _atomic_write_json(path, doc):
+def atomic_write_json(path, doc):
+    """Write ``doc`` as JSON to ``path`` through a temporary file renamed into place."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -307,7 +315,7 @@ def write_coco(json_path, images, classes, category_ids=None):
                 doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": int(item.image_id),
                                            "category_id": int(ids[label]), "bbox": [x0, y0, x1 - x0, y1 - y0],
                                            "area": (x1 - x0) * (y1 - y0), "iscrowd": crowd})
-    _atomic_write_json(path, doc)
+    atomic_write_json(path, doc)
     return path
 
 

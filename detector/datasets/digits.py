@@ -81,10 +81,10 @@ MAX_STRETCH = 0.1  # horizontal scale 1 +- this
 NUMBER = 0.3  # share of digit patches whose digit has neighbours, as in a printed number
 TOO_SMALL = 0.62  # "too small" digits are at most this times the smallest positive height
 TOO_LARGE = 1.5  # "too large" digits are at least this times the largest positive height
-BACKGROUND_FRACTION = 0.5
+BACKGROUND_FRACTION = 0.6  # more background than digits: a detector meets far more of it
 # the kinds of background sample and their shares of the background class
-BACKGROUND_KINDS = {"clutter": 0.12, "photo": 0.3, "shapes": 0.15, "off-centre": 0.12, "gap": 0.08,
-                    "too small": 0.06, "too large": 0.06, "not a digit": 0.11}
+BACKGROUND_KINDS = {"clutter": 0.1, "photo": 0.34, "shapes": 0.18, "off-centre": 0.11, "gap": 0.07,
+                    "too small": 0.05, "too large": 0.05, "not a digit": 0.1}
 PHOTO_BACKGROUND = 0.5  # share of photograph backgrounds where a kind allows either
 
 _FAMILIES = {
@@ -419,6 +419,8 @@ def photo_crop(shape, rng, names, channels=1, scale=(0.25, 2.0), tries=2):
     out = best[1]
     if rng.random() < 0.5:
         out = cv2.flip(out, 1)
+    if h == w:  # a square crop may also turn: thirteen photographs, eight orientations each
+        out = np.ascontiguousarray(np.rot90(out, int(rng.integers(4))))
     out = out.astype(np.float32) * np.float32(1 / 255)
     mean = np.float32(out.mean())
     out = mean + np.float32(rng.uniform(0.4, 1.0)) * (out - mean)
@@ -526,14 +528,17 @@ def _digit_patch(rng, src, digit):
 
 def dead_leaves(canvas, rng, n=None):
     """Overlapping filled discs, rings, rectangles and curved pen strokes of random
-    colours, 15-100% of the canvas's side, drawn in place on the float32 ``canvas``."""
+    colours drawn in place on the float32 ``canvas``: a few at 15-100% of the canvas's
+    side, or (half the time) a dense texture of many small ones, as grass and twigs are."""
     h, w = canvas.shape[:2]
     channels = 1 if canvas.ndim == 2 else 3
     side = min(h, w)
-    for _ in range(n if n is not None else int(rng.integers(3, 9))):
+    dense = n is None and rng.random() < 0.5
+    count = n if n is not None else int(rng.integers(15, 40) if dense else rng.integers(3, 9))
+    for _ in range(count):
         colour = tuple(float(v) for v in _colour(rng, channels, rng.uniform(0.05, 0.95)))
         centre = (int(rng.integers(-side // 4, w + side // 4)), int(rng.integers(-side // 4, h + side // 4)))
-        size = int(side * rng.uniform(0.15, 1.0))
+        size = int(side * (rng.uniform(0.05, 0.35) if dense else rng.uniform(0.15, 1.0)))
         kind = rng.integers(4)
         if kind == 0:  # a disc or an ellipse
             axes = (max(1, size // 2), max(1, int(size * rng.uniform(0.4, 1.0)) // 2))

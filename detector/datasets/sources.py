@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 
 from . import WindowSet
-from .annotations import load_image, split_by_image
+from .annotations import load_annotated, load_image, split_by_image
 from .folders import list_images
 from . import photos
 
-MINING_PHOTO_SIDES = (320, 480, 800)  # longer sides at which digit-free photographs are mined
+MINING_PHOTO_SIDES = (320, 480, 640, 960)  # longer sides at which digit-free photographs are mined
 NEGATIVE_WINDOWS_PER_IMAGE = 40  # random windows from each image of the negatives folder
 NEGATIVES_PER_POSITIVE = 1.0  # background windows cut from annotated images, per object window
 
@@ -44,18 +44,32 @@ class _Source:
         rng = np.random.default_rng([self.seed, 7, split == "validation"])
         from .windows import random_windows
 
-        sets = [WindowSet.background(random_windows(self._load(p), self.window, rng, NEGATIVE_WINDOWS_PER_IMAGE))
-                for p in paths]
-        return [s for s in sets if s is not None]
+        return [WindowSet.background(random_windows(image, self.window, rng, NEGATIVE_WINDOWS_PER_IMAGE))
+                for _, image in self._loaded(paths, self._load_path, str)]
 
-    def _load(self, path):
-        image = load_image(path, self.channels)
-        return image
+    def _load_path(self, path):
+        return load_image(path, self.channels)
+
+    def _loaded(self, items, load, where):
+        """(item, image) for each item whose image loads. A bad one stops training with an
+        error saying where it comes from, or with ``skip_bad`` is skipped and counted."""
+        skipped = []
+        for item in items:
+            try:
+                image = load(item)
+            except ValueError as error:
+                if not self.skip_bad:
+                    raise ValueError(f"{where(item)}: {error}") from None
+                skipped.append(str(error))
+                continue
+            yield item, image
+        if skipped:
+            self.log(f"skipped {len(skipped)} unreadable images (--skip-bad): " + "; ".join(skipped[:3]))
 
     def _negative_scenes(self):
-        for i, path in enumerate(self.negative_paths):
-            if i % 5 != 4:
-                yield self._load(path), np.empty((0, 4))
+        paths = [p for i, p in enumerate(self.negative_paths) if i % 5 != 4]
+        for _, image in self._loaded(paths, self._load_path, str):
+            yield image, np.empty((0, 4))
 
     def describe(self):
         return {"source": self.source, "channels": self.channels, "negatives": self.negatives,
@@ -97,11 +111,11 @@ class DigitData(_Source):
             yield image, boxes
         for name in photos.photos("train"):
             photo = photos.load(name, self.channels)
-            for side in MINING_PHOTO_SIDES:
+            for i, side in enumerate(MINING_PHOTO_SIDES):
                 scale = side / max(photo.shape[:2])
                 size = (max(32, round(photo.shape[1] * scale)), max(32, round(photo.shape[0] * scale)))
-                yield cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), \
-                    np.empty((0, 4))
+                resized = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+                yield (cv2.flip(resized, 1) if i % 2 else resized), np.empty((0, 4))
         yield from self._negative_scenes()
 
     def describe(self):
@@ -134,8 +148,7 @@ class CocoSource(_Source):
         rng = np.random.default_rng([self.seed, 11, split == "validation"])
         index = {name: i for i, name in enumerate(self.classes)}
         sets = []
-        for record in self.split[split]:
-            image = self._load(record.path)
+        for record, image in self._images(self.split[split]):
             if len(record.boxes):
                 x, boxes, source = positive_windows(image, record.boxes, self.window, self.object_size, rng,
                                                     per_box=self.windows_per_box)
@@ -143,16 +156,22 @@ class CocoSource(_Source):
                 sets.append(WindowSet(x, labels, boxes))
             n = max(4, int(round(NEGATIVES_PER_POSITIVE * self.windows_per_box * len(record.boxes))))
             sets.append(WindowSet.background(
-                negative_windows(image, record.boxes, self.window, self.object_size, rng, n)))
+                negative_windows(image, record.boxes, self.window, self.object_size, rng, n,
+                                 ignore_boxes=record.ignore_boxes)))
         return WindowSet.concat(sets + self._negative_windows(split))
 
+    def _images(self, records):
+        """(record, image) of each record whose image loads at the size it was labelled at."""
+        return self._loaded(records, lambda r: load_annotated(r, self.channels),
+                            lambda r: f"{self.path}: image id {r.image_id}")
+
     def scenes(self, split):
-        for record in self.split[split]:
-            yield self._load(record.path), record.boxes, np.array(record.labels, str)
+        for record, image in self._images(self.split[split]):
+            yield image, record.boxes, np.array(record.labels, str)
 
     def mining_scenes(self, round_, count):
-        for record in self.split["train"]:
-            yield self._load(record.path), record.boxes
+        for record, image in self._images(self.split["train"]):
+            yield image, record.boxes
         yield from self._negative_scenes()
 
     def describe(self):
@@ -187,8 +206,8 @@ class CropData(_Source):
         rng = np.random.default_rng([self.seed, 13, split == "validation"])
         index = {name: i for i, name in enumerate(self.classes)}
         sets = []
-        for path, label in self.split[split]:
-            image = self._load(path)
+        for (path, label), image in self._loaded(self.split[split], lambda item: self._load_path(item[0]),
+                                                 lambda item: f"{self.root}: class {item[1]!r}"):
             whole = np.array([[0, 0, image.shape[1], image.shape[0]]], np.float64)
             if label == self.background:
                 x, _, _ = positive_windows(image, whole, self.window, 1.0, rng, per_box=2)
