@@ -383,10 +383,12 @@ def _client(args):
     options = {"class_agnostic": args.class_agnostic}
     if args.threshold is not None:
         options["score_threshold"] = args.threshold
+    _check_writable(args.out)
     ca = open(args.tls_ca, "rb").read() if args.tls_ca else None
     with DetectorClient(args.addr, token=args.token, root_certificates=ca, timeout=args.timeout) as client:
         try:
             reply = client.detect(args.image, mode=args.mode, **options)
+            classes = list(client.model_info().classes) if args.out else None  # one colour per class
         except grpc.RpcError as error:
             print(f"detector: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
@@ -405,7 +407,7 @@ def _client(args):
         from .detect import Detection
 
         found = [Detection(tuple(d["box"]), d["label"], d["score"]) for d in result["detections"]]
-        picture = draw.boxes(_read_image(args.image), found)
+        picture = draw.boxes(_read_image(args.image), found, classes)
         if not cv2.imwrite(args.out, picture):
             raise ValueError(f"could not write {args.out}")
     return 0

@@ -222,10 +222,30 @@ def train(config, log=print, data=None):
         run.consider(*accuracy(net, val_set.x, val_set.labels))
     net.params = run.best["params"]
     net.metrics = run.best["metrics"]
+    if not interrupted:
+        ap = validation_ap(net, data.scenes("validation"))
+        if ap is not None:
+            log(f"validation images: COCO AP@0.5 {ap['ap50']:.4f}, AP@[.5:.95] {ap['ap']:.4f} "
+                "(" + ", ".join(f"{c} {v['ap50']:.3f}" for c, v in ap["per_class"].items()) + ")")
+            net.metrics["val_detection"] = ap
+            checkpoint.save(net, config.out, metrics=net.metrics, seed=config.seed, data=net.data)
     # the checkpoint's metrics stop at the best epoch; the summary covers the whole run
-    summary = {**run.best["metrics"], "history": run.history, "interrupted": interrupted,
+    summary = {**net.metrics, "history": run.history, "interrupted": interrupted,
                "total_seconds": time.perf_counter() - started}
     return net, summary
+
+
+def validation_ap(net, scenes):
+    """COCO AP@0.5 and AP@[.5:.95] of the detector on the validation images (image, boxes,
+    labels), or None when the data has none (crop folders)."""
+    from .detect import detect
+    from .evaluate import coco_average_precision
+
+    images = [([(d.box, d.label, d.score) for d in detect(image, net).detections], boxes, labels)
+              for image, boxes, labels in scenes]
+    if not images:
+        return None
+    return coco_average_precision(images, net.objects)
 
 
 def _class_counts(windows, classes):

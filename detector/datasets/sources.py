@@ -97,8 +97,9 @@ class DigitData(_Source):
         x, labels, boxes = self.digits.patches(self.sizes[split], self.seeds[split], channels=self.channels)
         return WindowSet.concat([WindowSet(x, labels, boxes), *self._negative_windows(split)])
 
-    def scenes(self, split, count=200):
-        for i in range(count):
+    def scenes(self, split):
+        """Generated scenes of ``split``'s seeds: one per 100 of its patches, at least 3."""
+        for i in range(max(3, self.sizes[split] // 100)):
             image, boxes, labels = self.digits.scene(self.seeds[split] * 1000 + i, channels=self.channels)
             yield image, boxes, labels
 
