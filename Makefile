@@ -11,6 +11,7 @@ BUILD_SOURCES := setup.py pyproject.toml protos/detector.proto $(wildcard ext/*.
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/detector demo
+	@echo "The detector command is in $(VENV)/bin: 'source $(VENV)/bin/activate' puts it on your PATH."
 
 test: $(VENV)/.installed $(VENV)/.reference
 	$(PY) -m pytest

@@ -76,10 +76,14 @@ def test_mining_takes_only_detections_off_the_ground_truth():
     patches = mine_negatives(net, [(image, boxes)], score_threshold=0.05)
     assert patches.shape == (len(mined), 1, 32, 32) and patches.dtype == np.float32
     assert 0 <= patches.min() and patches.max() <= 1
-    # each window holds its false detection as a positive window holds an object: the
-    # detection's box, centred, its longer side the model's object size
-    probs = net.predict(patches)
-    assert np.mean(probs[:, 0] < 0.95) >= 0.5  # the windows the net fired on, not random ones
+    # each window holds its false detection as a positive window holds an object (the box
+    # centred, its longer side the model's object size): the net still half-sees an object
+    # there, far more than in random windows of the same scene
+    from detector.datasets.windows import random_windows
+
+    fired = 1 - net.predict(patches)[:, 0]
+    anywhere = 1 - net.predict(random_windows(image, net.window, np.random.default_rng(0), 200))[:, 0]
+    assert np.median(fired) > 20 * np.median(anywhere)
 
 
 def test_mining_round_adds_background_and_records_it(tmp_path, monkeypatch):

@@ -104,19 +104,21 @@ class DigitData(_Source):
             yield image, boxes, labels
 
     def mining_scenes(self, round_, count):
-        """Generated scenes, then every training photograph (digit-free) at a few sizes:
-        anything found there is a false positive."""
+        """Generated scenes, then every training photograph (digit-free) at a few sizes,
+        each turned a different way: anything found there is a false positive."""
         first = self.seeds["mining"] + 1000 * round_
         for seed in range(first, first + count):
             image, boxes, _ = self.digits.scene(seed, channels=self.channels)
             yield image, boxes
         for name in photos.photos("train"):
             photo = photos.load(name, self.channels)
-            for i, side in enumerate(MINING_PHOTO_SIDES):
+            for turn, side in enumerate(MINING_PHOTO_SIDES):
                 scale = side / max(photo.shape[:2])
                 size = (max(32, round(photo.shape[1] * scale)), max(32, round(photo.shape[0] * scale)))
                 resized = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-                yield (cv2.flip(resized, 1) if i % 2 else resized), np.empty((0, 4))
+                for flip in (False, True):
+                    turned = np.rot90(cv2.flip(resized, 1) if flip else resized, turn + round_)
+                    yield np.ascontiguousarray(turned), np.empty((0, 4))
         yield from self._negative_scenes()
 
     def describe(self):
