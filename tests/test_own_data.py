@@ -187,3 +187,25 @@ def test_a_box_under_a_pixel_is_refused_before_any_window_is_cut(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--data", str(bad), "--out", str(tmp_path / "m.npz"), "--no-progress"])
     assert exit_.value.code == 2 and "under 1 pixel" in capsys.readouterr().err
+
+
+def test_a_negatives_folder_stands_in_for_the_background_class(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for name in ("A", "K"):
+        (tmp_path / "crops" / name).mkdir(parents=True)
+        for i in range(12):
+            cv2.imwrite(str(tmp_path / "crops" / name / f"{i}.png"), letter_crop(name, 32, rng))
+    (tmp_path / "empty").mkdir()
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / "empty" / f"{i}.jpg"), rng.integers(0, 256, (90, 120, 3)).astype(np.uint8))
+    args = ["train", "--data", str(tmp_path / "crops"), "--out", str(tmp_path / "m.npz"), "--no-progress",
+            "--epochs", "1"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "no background examples" in capsys.readouterr().err
+    assert main(args + ["--negatives", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    net = checkpoint.load(str(tmp_path / "m.npz"))
+    assert net.data["negative_images"] == 5 and net.objects == ["A", "K"]
+    # four negative images train (40 windows each), one validates: background is all theirs
+    assert "background 160, A " in out

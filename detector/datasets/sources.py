@@ -9,10 +9,10 @@ window), ``windows(split)``, ``scenes(split)`` (images with boxes and labels),
 import cv2
 import numpy as np
 
-from . import WindowSet
+from . import WindowSet, photos
 from .annotations import load_annotated, load_image, split_by_image
 from .folders import list_images
-from . import photos
+from .windows import negative_windows, positive_windows, random_windows
 
 MINING_PHOTO_SIDES = (320, 480, 640, 960)  # longer sides at which digit-free photographs are mined
 NEGATIVE_WINDOWS_PER_IMAGE = 40  # random windows from each image of the negatives folder
@@ -24,6 +24,10 @@ def digit_seeds(seed):
     Mining round r draws scenes from ``mining + 1000 * r`` on, validation scenes from
     ``validation * 1000`` on."""
     return {"train": 1000 + 2 * seed, "validation": 1001 + 2 * seed, "mining": 300000 + 100000 * seed}
+
+
+def _negatives_folder(path):
+    return "--negatives"
 
 
 class _Source:
@@ -42,10 +46,8 @@ class _Source:
         """Random windows of the negatives folder's images; validation gets a fifth of them."""
         paths = [p for i, p in enumerate(self.negative_paths) if (i % 5 == 4) == (split == "validation")]
         rng = np.random.default_rng([self.seed, 7, split == "validation"])
-        from .windows import random_windows
-
         return [WindowSet.background(random_windows(image, self.window, rng, NEGATIVE_WINDOWS_PER_IMAGE))
-                for _, image in self._loaded(paths, self._load_path, str)]
+                for _, image in self._loaded(paths, self._load_path, _negatives_folder)]
 
     def _load_path(self, path):
         return load_image(path, self.channels)
@@ -68,7 +70,7 @@ class _Source:
 
     def _negative_scenes(self):
         paths = [p for i, p in enumerate(self.negative_paths) if i % 5 != 4]
-        for _, image in self._loaded(paths, self._load_path, str):
+        for _, image in self._loaded(paths, self._load_path, _negatives_folder):
             yield image, np.empty((0, 4))
 
     def describe(self):
@@ -146,8 +148,6 @@ class CocoSource(_Source):
         self.split = {"train": train, "validation": validation}
 
     def windows(self, split):
-        from .windows import negative_windows, positive_windows
-
         rng = np.random.default_rng([self.seed, 11, split == "validation"])
         index = {name: i for i, name in enumerate(self.classes)}
         sets = []
@@ -204,8 +204,6 @@ class CropData(_Source):
         self.split = {"train": train, "validation": validation}
 
     def windows(self, split):
-        from .windows import positive_windows
-
         rng = np.random.default_rng([self.seed, 13, split == "validation"])
         index = {name: i for i, name in enumerate(self.classes)}
         sets = []
