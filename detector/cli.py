@@ -245,6 +245,29 @@ def _detect(args):
     return 0
 
 
+def _ground_truth(args, net):
+    """(image id, image, boxes, labels, crowd flags) of each image of ``--coco`` or
+    ``--scenes``, and the category id of each class name."""
+    if args.scenes:
+        from .scenes import read_scenes
+
+        scenes = ((i, image, boxes, labels, [False] * len(boxes))
+                  for i, (image, boxes, labels) in enumerate(read_scenes(args.scenes)))
+        return scenes, {c: i for i, c in enumerate(net.classes)}
+    from .datasets.annotations import load_annotated
+    from .datasets.coco import read_coco
+
+    coco = read_coco(args.coco, images_dir=args.images, every_class_labelled=False)
+    unknown = sorted(set(net.objects) - set(coco.classes))
+    if unknown:
+        raise ValueError(f"{args.coco} has no categories {unknown} of the model's classes {net.objects}")
+    # crowd boxes are neither found nor missed, as COCOeval counts them
+    scenes = ((r.image_id, load_annotated(r, 3), np.concatenate([r.boxes, r.ignore_boxes]),
+               np.array(r.labels + r.ignore_labels, str), [False] * len(r.boxes) + [True] * len(r.ignore_boxes))
+              for r in coco.images)
+    return scenes, coco.category_id
+
+
 def _eval(args):
     from . import load_model
     from .detect import detect
@@ -262,25 +285,7 @@ def _eval(args):
         if args.json:
             print(json.dumps(figures, indent=2))
         return 0
-    if args.coco:
-        from .datasets.annotations import load_annotated
-        from .datasets.coco import read_coco
-
-        coco = read_coco(args.coco, images_dir=args.images, every_class_labelled=False)
-        unknown = sorted(set(net.objects) - set(coco.classes))
-        if unknown:
-            raise ValueError(f"{args.coco} has no categories {unknown} of the model's classes {net.objects}")
-        # crowd boxes are neither found nor missed, as COCOeval counts them
-        scenes = ((r.image_id, load_annotated(r, 3), np.concatenate([r.boxes, r.ignore_boxes]),
-                   np.array(r.labels + r.ignore_labels, str), [False] * len(r.boxes) + [True] * len(r.ignore_boxes))
-                  for r in coco.images)
-        ids = coco.category_id
-    else:
-        from .scenes import read_scenes
-
-        scenes = ((i, image, boxes, labels, [False] * len(boxes))
-                  for i, (image, boxes, labels) in enumerate(read_scenes(args.scenes)))
-        ids = {c: i for i, c in enumerate(net.classes)}
+    scenes, ids = _ground_truth(args, net)
     voc_images, coco_images, found = [], [], []
     for image_id, image, boxes, labels, crowd in scenes:
         detections = [(d.box, d.label, d.score) for d in detect(image, net, options).detections]
