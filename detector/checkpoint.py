@@ -5,8 +5,10 @@ The header holds the format version, the spec, the input shape, and the model's 
 were trained for, each class's box aspect, whether a box-regression head rides on the last
 layer; see :mod:`detector.model`), then the training metrics, the seed and a description of
 the data. Version 1 files (before the priors) still load: their background is the first
-class, their object size the digits' 0.632 of the window and their box aspects 1. Writes go to a temporary file in the same
-folder, which is then renamed into place, so a failed write leaves the old file whole.
+class, their object size the digits' 0.632 of the window and their box aspects 1.
+
+Writes go to a temporary file in the same folder, which is then renamed into place, so a
+failed write leaves the old file whole.
 """
 import json
 import os

@@ -193,7 +193,9 @@ def detect(image, net, options=None, tile_rows=None, check=None, **changes):
     given, runs between tiles and batches: a deadline or cancellation may raise there to
     stop the work.
     """
-    options = (options or DetectOptions()).replace(**changes) if changes else (options or DetectOptions())
+    options = options or DetectOptions()
+    if changes:
+        options = options.replace(**changes)
     pixels = as_model_input(image, net.channels)
     h, w = pixels.shape[:2]
     window, total = net.window, net.total_stride[0]
@@ -298,8 +300,7 @@ def level_boxes(probs, offsets, net, stride, scale, threshold, pad=0):
     which = which[rows, cols]
     labels = np.asarray(objects)[which]
     centres = np.stack([cols * stride + net.window[1] / 2 - pad, rows * stride + net.window[0] / 2 - pad], axis=1)
-    aspects = np.array([net.box_aspects[net.classes[i]] for i in objects])[which]
-    widths, heights = box_coding.prior_sizes(net.object_pixels, aspects)
+    widths, heights = net.prior_sizes(labels)
     if len(offsets):
         boxes = box_coding.decode(offsets[:, rows, cols].T, centres, widths, heights)
     else:

@@ -25,6 +25,7 @@ sliding windows at the net's total stride.
 """
 import numpy as np
 
+from . import boxes as box_coding
 from .architecture import DEFAULT_SPEC, Conv, Linear, Pool, Relu, layer_params, parse_spec
 
 DEFAULT_CLASSES = ("background",) + tuple(str(d) for d in range(10))
@@ -125,6 +126,12 @@ class Net:
     def object_pixels(self):
         """An object's longer side, in window pixels, as the net was trained to see it."""
         return self.object_size * min(self.window)
+
+    def prior_sizes(self, labels):
+        """(widths, heights) of the prior boxes, in window pixels, of class indices ``labels``:
+        the longer side :attr:`object_pixels`, the aspect the class's."""
+        aspects = [self.box_aspects[self.classes[i]] for i in np.asarray(labels).ravel()]
+        return box_coding.prior_sizes(self.object_pixels, aspects)
 
     def priors(self):
         """The header fields that describe what the net detects (see the module docstring)."""

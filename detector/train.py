@@ -101,29 +101,31 @@ def accuracy(net, x, labels):
     return float(np.mean(predicted == labels)), per_class
 
 
+def _object_windows(net, windows):
+    """The rows of the windows that hold an object with a known box, and those boxes'
+    priors: centres (n, 2), widths and heights (n,)."""
+    rows = np.nonzero((windows.labels != net.background_index) & np.isfinite(windows.boxes).all(axis=1))[0]
+    centres = np.tile([net.window[1] / 2, net.window[0] / 2], (len(rows), 1))
+    return rows, (centres, *net.prior_sizes(windows.labels[rows]))
+
+
 def box_targets(net, windows):
     """Regression targets (N, 4) of the windows' boxes from their class's prior box; NaN
     rows where there is no box (background)."""
     targets = np.full((len(windows), 4), np.nan)
-    rows = np.nonzero((windows.labels != net.background_index) & np.isfinite(windows.boxes).all(axis=1))[0]
+    rows, priors = _object_windows(net, windows)
     if len(rows):
-        aspects = [net.box_aspects[net.classes[i]] for i in windows.labels[rows]]
-        widths, heights = box_coding.prior_sizes(net.object_pixels, aspects)
-        centre = np.array([net.window[1] / 2, net.window[0] / 2])
-        targets[rows] = box_coding.encode(windows.boxes[rows], np.tile(centre, (len(rows), 1)), widths, heights)
+        targets[rows] = box_coding.encode(windows.boxes[rows], *priors)
     return targets.astype(np.float32)
 
 
 def box_iou(net, windows):
     """Mean IoU of the boxes the head predicts with the true boxes of the object windows."""
-    rows = np.nonzero(np.isfinite(windows.boxes).all(axis=1) & (windows.labels != net.background_index))[0]
+    rows, priors = _object_windows(net, windows)
     if not net.box_regression or not len(rows):
         return None
     _, offsets = net.predict_boxes(windows.x[rows])
-    aspects = [net.box_aspects[net.classes[i]] for i in windows.labels[rows]]
-    widths, heights = box_coding.prior_sizes(net.object_pixels, aspects)
-    centres = np.tile([net.window[1] / 2, net.window[0] / 2], (len(rows), 1))
-    predicted = box_coding.decode(offsets, centres, widths, heights)
+    predicted = box_coding.decode(offsets, *priors)
     truth = windows.boxes[rows].astype(np.float64)
     inter = np.prod(np.clip(np.minimum(predicted[:, 2:], truth[:, 2:]) - np.maximum(predicted[:, :2], truth[:, :2]),
                             0, None), axis=1)
@@ -203,7 +205,7 @@ def train(config, log=print, data=None):
     if config.mine_rounds:
         net.to_fcn()  # mining detects: a net that cannot be unrolled is refused now, not after training
     net.data = data.describe()
-    run = _Run(net, config, net.data.get("seeds", {}), net.data, val_set, log)
+    run = _Run(net, config, val_set, log)
     interrupted = False
     try:
         run.fit(train_set, config.epochs, config.lr)
@@ -211,8 +213,8 @@ def train(config, log=print, data=None):
             net.params = {k: v.copy() for k, v in run.best["params"].items()}
             scenes = data.mining_scenes(round_, config.mine_scenes)
             negatives = mine_negatives(net, scenes)
-            log(f"mining round {round_}: {len(negatives)} false positives from {config.mine_scenes if data.source == DIGITS else 'the training'} "
-                "images join the background class")
+            log(f"mining round {round_}: {len(negatives)} false positives on the training images join "
+                "the background class")
             train_set = WindowSet.concat([train_set, WindowSet.background(negatives)])
             run.best = {"accuracy": -1.0}  # the new data sets a new bar
             run.fit(train_set, config.mine_epochs, config.lr / 5, mined=len(negatives))
@@ -287,9 +289,8 @@ def mine_negatives(net, scenes, min_iou=0.5, **detect_options):
 class _Run:
     """The epoch loop, the best model so far and the history of one training run."""
 
-    def __init__(self, net, config, seeds, data, val_set, log):
-        self.net, self.config, self.seeds, self.data, self.log = net, config, seeds, data, log
-        self.val_set = val_set
+    def __init__(self, net, config, val_set, log):
+        self.net, self.config, self.val_set, self.log = net, config, val_set, log
         self.rng = np.random.default_rng(config.seed)
         self.best, self.history, self.mined = {"accuracy": -1.0}, [], 0
 
@@ -349,14 +350,14 @@ class _Run:
         rates = [h["samples"] / h["seconds"] for h in history]
         metrics = {
             "val_accuracy": val_accuracy, "per_class_accuracy": per_class, "val_box_iou": iou,
-            "best_epoch": len(history), "history": list(history), "data_seeds": self.seeds,
+            "best_epoch": len(history), "history": list(history), "data_seeds": net.data.get("seeds", {}),
             "threads": get_num_threads(), "mined_negatives": self.mined,
             "seconds_per_epoch": float(np.median(seconds)) if seconds else None,
             "samples_per_second": float(np.median(rates)) if rates else None,
             "config": {k: v for k, v in asdict(config).items() if k not in ("out", "progress")},
         }
         net.metrics = metrics
-        checkpoint.save(net, config.out, metrics=metrics, seed=config.seed, data=self.data)
+        checkpoint.save(net, config.out, metrics=metrics, seed=config.seed, data=net.data)
         return {"accuracy": val_accuracy, "params": {k: v.copy() for k, v in net.params.items()},
                 "metrics": metrics}
 

@@ -8,7 +8,7 @@ import pytest
 import detector
 from detector.datasets import digits
 from detector.cli import main
-from detector.detect import DetectOptions, detect, level_boxes, pyramid_scales
+from detector.detect import detect, level_boxes, pyramid_scales
 from detector.model import Net
 from detector.evaluate import match
 from detector.nms import iou
