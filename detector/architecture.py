@@ -13,6 +13,7 @@ A spec is a list of layers separated by spaces or dashes:
 Each layer class wraps the functional API of :mod:`detector.layers` and adds nothing but
 its parameters' shapes and its output shape.
 """
+import math
 import re
 from dataclasses import dataclass
 
@@ -102,7 +103,7 @@ class Linear:
         return (self.outputs,)
 
     def param_shapes(self, shape):
-        return {"w": (self.outputs, int(np.prod(shape))), "b": (self.outputs,)}
+        return {"w": (self.outputs, math.prod(shape)), "b": (self.outputs,)}
 
     def forward(self, x, params):
         out, cache = L.linear_forward(x.reshape(len(x), -1), params["w"], params["b"])

@@ -23,6 +23,8 @@ sliding windows at the net's total stride.
 >>> net.window, net.total_stride, net.receptive_field
 ((32, 32), (4, 4), (32, 32))
 """
+import math
+
 import numpy as np
 
 from . import boxes as box_coding
@@ -38,6 +40,7 @@ BOX_OFFSETS = 4  # (dx, dy, dw, dh) of the regression head
 # far above any net this project trains; refuses a spec (or a hostile header) that would
 # allocate gigabytes before anything else is checked
 MAX_PARAMETERS = 50_000_000
+MAX_ACTIVATIONS = 20_000_000  # values of all layers for one window: 80 MB in float32
 
 
 class Net:
@@ -86,8 +89,12 @@ class Net:
         if self.box_regression:  # the head's 4 box offsets ride on the last layer
             self.layers[-1].outputs += BOX_OFFSETS
             self.shapes[-1] = (self.outputs,)
+        values = sum(math.prod(shape) for shape in self.shapes)  # Python ints: they never wrap
+        if values > MAX_ACTIVATIONS:
+            raise ValueError(f"the spec {spec!r} has {values:,} activations per window on a {self.input_shape} "
+                             f"input, more than the {MAX_ACTIVATIONS:,} a detector net may have")
         param_shapes = [layer.param_shapes(shape) for layer, shape in zip(self.layers, self.shapes)]
-        total = sum(int(np.prod(s, dtype=np.float64)) for p in param_shapes for s in p.values())
+        total = sum(math.prod(s) for p in param_shapes for s in p.values())
         if total > MAX_PARAMETERS:
             raise ValueError(f"the spec {spec!r} has {total:,} parameters on a {self.input_shape} input, "
                              f"more than the {MAX_PARAMETERS:,} a detector net may have")

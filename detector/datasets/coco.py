@@ -270,15 +270,11 @@ def read_coco(json_path, images_dir=None, skip_bad=False, log=None, every_class_
 
 
 def atomic_write_json(path, doc):
-    """Write ``doc`` as JSON to ``path`` through a temporary file renamed into place."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``doc`` as JSON to ``path`` atomically (see :mod:`detector.atomic`)."""
+    from ..atomic import atomic_write
+
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False)
 
 
 def write_coco(json_path, images, classes, category_ids=None):
