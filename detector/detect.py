@@ -34,7 +34,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import boxes as box_coding
-from .model import softmax
+from .budget import OverBudget, estimate
 from .nms import nms
 
 MODES = ("fcn", "sliding")
@@ -144,7 +144,9 @@ def as_model_input(image, channels):
         raise ValueError(f"an image model has 1 (gray) or 3 (BGR) channels, this one has {channels}")
     image = np.asarray(image)
     if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]  # alpha goes, as in cv2.COLOR_BGRA2BGR, before the float copy
+        image = np.divide(image, np.float32(255), dtype=np.float32)
     elif image.dtype.kind == "f":
         image = image.astype(np.float32)
         if not np.isfinite(image).all():
@@ -185,57 +187,84 @@ def pyramid_scales(height, width, window, object_pixels, min_size=16, max_size=N
     return scales
 
 
-def detect(image, net, options=None, tile_rows=None, check=None, **changes):
-    """Detect the model's objects in ``image``; see the module docstring.
-
-    ``options`` is a :class:`DetectOptions` (default: its defaults), changed by any keyword
-    named after one of its fields (``detect(image, net, mode="sliding")``). ``check()``, if
-    given, runs between tiles and batches: a deadline or cancellation may raise there to
-    stop the work.
-    """
-    options = options or DetectOptions()
-    if changes:
-        options = options.replace(**changes)
-    pixels = as_model_input(image, net.channels)
-    h, w = pixels.shape[:2]
+def plan(height, width, net, options):
+    """The stride and the levels, [(scale, (width, height)), ...], that :func:`detect`
+    runs over a ``height`` x ``width`` image (before padding); errors for a stride the mode
+    cannot use or an image no level fits."""
     window, total = net.window, net.total_stride[0]
     stride = options.stride or total
     if options.mode == "fcn" and total % stride:
         raise ValueError(f"in fcn mode the stride must divide the net's total stride {total}, got {stride}")
-    if h < window[0] or w < window[1]:
-        raise ValueError(f"the image is {h}x{w} (HxW) but the window is {window[0]}x{window[1]}: "
+    if height < window[0] or width < window[1]:
+        raise ValueError(f"the image is {height}x{width} (HxW) but the window is {window[0]}x{window[1]}: "
                          "it must be at least as large as the window")
-    scales = options.scales or pyramid_scales(h, w, window, net.object_pixels, options.min_size,
+    scales = options.scales or pyramid_scales(height, width, window, net.object_pixels, options.min_size,
                                               options.max_size, options.scale_step)
     if max(scales) > MAX_SCALE:
         raise ValueError(f"scale {max(scales):g} enlarges the image more than {MAX_SCALE:g}x per side: "
                          f"objects under {net.object_pixels / MAX_SCALE:.0f} pixels cannot be found; "
                          "raise min_size or lower the scales")
+    levels = []
+    for scale in scales:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if size[0] >= window[1] and size[1] >= window[0]:
+            levels.append((scale, size))
+    if not levels:
+        raise ValueError(f"no pyramid level fits the {window[0]}x{window[1]} window: the scales "
+                         f"{_short(list(scales))} shrink the {height}x{width} (HxW) image below it")
+    return stride, levels
+
+
+def cost(image_shape, net, options=None, sample_bytes=1):
+    """The :class:`detector.budget.Cost` of :func:`detect` on an image of ``image_shape``
+    ((H, W) or (H, W, C)) stored with ``sample_bytes`` per value, without running it."""
+    options = options or DetectOptions()
+    height, width = image_shape[:2]
+    stride, levels = plan(height, width, net, options)
+    return estimate(height, width, net, options.mode, stride, [size for _, size in levels],
+                           options.return_maps, image_shape[2] if len(image_shape) > 2 else 1, sample_bytes)
+
+
+def detect(image, net, options=None, tile_rows=None, check=None, budget=None, **changes):
+    """Detect the model's objects in ``image``; see the module docstring.
+
+    ``options`` is a :class:`DetectOptions` (default: its defaults), changed by any keyword
+    named after one of its fields (``detect(image, net, mode="sliding")``). ``check()``, if
+    given, runs between levels, tiles and batches: a deadline or cancellation may raise there
+    to stop the work. ``budget`` (a :class:`detector.budget.Budget`) refuses, before any work,
+    a request whose estimated work or memory passes its limits.
+    """
+    options = options or DetectOptions()
+    if changes:
+        options = options.replace(**changes)
+    image = np.asarray(image)
+    if budget is not None:
+        if image.ndim >= 2:
+            _check_image_pixels(image.shape, budget.max_pixels)
+        budget.check(cost(image.shape, net, options, image.dtype.itemsize))
+    pixels = as_model_input(image, net.channels)
+    h, w = pixels.shape[:2]
+    stride, plan_levels = plan(h, w, net, options)
     fcn = net.to_fcn() if options.mode == "fcn" else None
-    pad = min(window) // 2
+    pad = min(net.window) // 2
     timings = {"pyramid": 0.0, "inference": 0.0, "nms": 0.0}
     levels, found = [], []
-    for scale in scales:
+    for scale, size in plan_levels:
+        if check is not None:
+            check()
         start = time.perf_counter()
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if size[0] < window[1] or size[1] < window[0]:
-            continue
-        level = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        level = cv2.copyMakeBorder(level, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x = net.normalise(level.reshape(*level.shape[:2], -1).transpose(2, 0, 1))[None].astype(np.float32)
+        x = _level_input(pixels, net, scale, size, pad)
         timings["pyramid"] += time.perf_counter() - start
         start = time.perf_counter()
         raw = fcn_scores(fcn, x, stride, tile_rows, check) if fcn else sliding_scores(net, x, stride, check)
-        classes = len(net.classes)
-        probs = softmax(raw[:classes].reshape(classes, -1).T).T.reshape(classes, *raw.shape[1:])
+        del x
+        probs = _probabilities(raw[:len(net.classes)])
         timings["inference"] += time.perf_counter() - start
         # the level's size was rounded to whole pixels: map boxes back by its real ratios
         ratio = (size[0] / w, size[1] / h)
-        found.append(level_boxes(probs, raw[classes:], net, stride, ratio, options.score_threshold, pad))
+        found.append(level_boxes(probs, raw[len(net.classes):], net, stride, ratio, options.score_threshold, pad))
         levels.append(Level(ratio[0], stride, probs if options.return_maps else None, pad))
-    if not found:
-        raise ValueError(f"no pyramid level fits the {window[0]}x{window[1]} window: the scales "
-                         f"{list(scales)} shrink the {h}x{w} (HxW) image below it")
+        del raw, probs
     start = time.perf_counter()
     boxes, scores, labels = (np.concatenate(a) for a in zip(*found))
     # a padded level or the box head may reach past the image: keep what lies inside it
@@ -249,6 +278,35 @@ def detect(image, net, options=None, tile_rows=None, check=None, **changes):
     timings["nms"] = time.perf_counter() - start
     return Result(detections, levels if options.return_maps else [], timings, (h, w),
                   truncated=max(0, len(keep) - cap))
+
+
+def _probabilities(scores):
+    """Softmax over the classes of a score map (classes, H', W'), in one new array."""
+    probs = scores - scores.max(axis=0)
+    np.exp(probs, out=probs)
+    probs /= probs.sum(axis=0)
+    return probs
+
+
+def _check_image_pixels(shape, max_pixels):
+    if shape[0] * shape[1] > max_pixels:
+        raise OverBudget(f"the image has {shape[1]}x{shape[0]} = {shape[0] * shape[1]:,} pixels; "
+                                f"at most {max_pixels:,} are allowed")
+
+
+def _level_input(pixels, net, scale, size, pad):
+    """The level at ``size`` (width, height), padded by ``pad`` repeated edge pixels, as the
+    net's normalised input (1, C, H, W). At most two level-sized arrays live at once."""
+    level = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    level = cv2.copyMakeBorder(level, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    level = level.reshape(*level.shape[:2], -1)
+    x = np.empty((1, level.shape[2], *level.shape[:2]), np.float32)
+    x[0] = level.transpose(2, 0, 1)
+    del level
+    mean, std = (np.asarray(net.normalisation[k], np.float32).reshape(-1, 1, 1) for k in ("mean", "std"))
+    x[0] -= mean
+    x[0] /= std
+    return x
 
 
 def fcn_scores(fcn, x, stride, tile_rows, check):
@@ -291,7 +349,8 @@ def level_boxes(probs, offsets, net, stride, scale, threshold, pad=0):
     (4, H', W') from a regression head or empty; ``scale`` is the level's (x, y) size ratio
     to the input, ``pad`` the pixels added around the level."""
     objects = [i for i, c in enumerate(net.classes) if c != net.background]
-    candidates = probs[objects]
+    # a view when the object classes are contiguous (the background first or last)
+    candidates = probs[objects[0]:objects[-1] + 1] if objects[-1] - objects[0] == len(objects) - 1 else probs[objects]
     which = candidates.argmax(axis=0)
     best = np.take_along_axis(candidates, which[None], axis=0)[0]
     rows, cols = np.nonzero(best >= threshold)

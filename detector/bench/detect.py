@@ -4,6 +4,9 @@ For each image size, one pyramid level at scale 1 and the net's stride: the medi
 each mode, their ratio beside the ratio of their FLOP counts, the largest difference between
 their score maps, and the peak memory NumPy allocates for each (tracemalloc). A large image
 is also run through the FCN alone, for its peak memory.
+
+The JSON keeps the vocabulary of :mod:`detector.report_json`: ``image_size`` and ``window``
+as ``{"width", "height"}``, durations in milliseconds under keys ending in ``_ms``.
 """
 import json
 import tracemalloc
@@ -11,23 +14,11 @@ import tracemalloc
 import numpy as np
 
 from .. import load_model
-from ..architecture import Conv, Linear
+from ..budget import layer_flops
 from ..datasets import digits
 from ..detect import as_model_input, sliding_scores
+from ..report_json import size_json
 from .timing import median_seconds
-
-
-def layer_flops(layers, shape):
-    """FLOPs (2 per multiply-add) of conv and fc layers on an input of ``shape`` (C, H, W)."""
-    total, shape = 0.0, tuple(shape)
-    for layer in layers:
-        out = layer.shape_after(shape)
-        if isinstance(layer, Conv):
-            total += 2.0 * np.prod(out) * shape[0] * np.prod(layer.size)
-        elif isinstance(layer, Linear):
-            total += 2.0 * layer.outputs * np.prod(shape)
-        shape = out
-    return total
 
 
 def _peak_bytes(fn):
@@ -52,36 +43,37 @@ def run(sizes=(128, 256, 512, 1024), large=4096, seed=0):
         dense = median_seconds(lambda: fcn.scores(x), min_repeats=5, min_seconds=1)
         difference = float(np.abs(sliding_scores(net, x, stride, None) - fcn.scores(x)[0]).max())
         sliding_flops = map_rows * map_cols * layer_flops(net.layers, net.input_shape)
-        dense_flops = layer_flops(fcn.layers, (1, size, size))
+        dense_flops = layer_flops(fcn.layers, (net.channels, size, size))
         rows.append({
-            "size": size, "windows": map_rows * map_cols,
+            "image_size": size_json(size, size), "windows": map_rows * map_cols,
             "sliding_ms": sliding * 1e3, "fcn_ms": dense * 1e3, "speedup": sliding / dense,
             "flop_ratio": sliding_flops / dense_flops, "max_abs_difference": difference,
             "sliding_peak_mb": _peak_bytes(lambda: sliding_scores(net, x, stride, None)) / 2**20,
             "fcn_peak_mb": _peak_bytes(lambda: fcn.scores(x)) / 2**20,
         })
-    result = {"stride": stride, "window": list(net.window), "sizes": rows}
+    result = {"stride": stride, "window": size_json(net.window[1], net.window[0]), "sizes": rows}
     if large:
-        image = np.random.default_rng(seed).random((large, large), dtype=np.float32)
-        x = net.normalise(image)[None, None].astype(np.float32)
+        image = np.random.default_rng(seed).random((net.channels, large, large), dtype=np.float32)
+        x = net.normalise(image)[None].astype(np.float32)  # (1, C, H, W)
         # x was allocated before tracing: the peak is what the FCN adds, its output included
-        result["large"] = {"size": large, "fcn_peak_mb": _peak_bytes(lambda: fcn.scores(x)) / 2**20,
-                           "input_mb": x.nbytes / 2**20}
+        result["large"] = {"image_size": size_json(large, large),
+                           "fcn_peak_mb": _peak_bytes(lambda: fcn.scores(x)) / 2**20, "input_mb": x.nbytes / 2**20}
     return result
 
 
 def format_table(result):
     lines = [f"detector bench detect: one level at scale 1, stride {result['stride']}, "
-             f"window {result['window'][0]}x{result['window'][1]}; medians of repeated runs", "",
+             f"window {result['window']['width']}x{result['window']['height']}; medians of repeated runs", "",
              f"{'size':>6}{'windows':>9}{'sliding ms':>12}{'fcn ms':>10}{'speed-up':>10}{'FLOP ratio':>12}"
              f"{'speed-up/FLOPs':>16}{'max |diff|':>12}{'peak MB sl/fcn':>16}"]
     for r in result["sizes"]:
-        lines.append(f"{r['size']:>6}{r['windows']:>9}{r['sliding_ms']:>12.1f}{r['fcn_ms']:>10.2f}"
+        lines.append(f"{r['image_size']['width']:>6}{r['windows']:>9}{r['sliding_ms']:>12.1f}{r['fcn_ms']:>10.2f}"
                      f"{r['speedup']:>10.1f}{r['flop_ratio']:>12.1f}{r['speedup'] / r['flop_ratio']:>16.2f}"
                      f"{r['max_abs_difference']:>12.1e}{r['sliding_peak_mb']:>8.1f}/{r['fcn_peak_mb']:.1f}")
     if "large" in result:
         big = result["large"]
-        lines.append(f"\nFCN on {big['size']}x{big['size']}: peak memory {big['fcn_peak_mb']:.0f} MB "
+        side = big["image_size"]
+        lines.append(f"\nFCN on {side['width']}x{side['height']}: peak memory {big['fcn_peak_mb']:.0f} MB "
                      f"beyond its {big['input_mb']:.0f} MB input")
     return "\n".join(lines)
 
@@ -92,7 +84,7 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [r["size"] for r in result["sizes"]]
+    sizes = [r["image_size"]["width"] for r in result["sizes"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.loglog(sizes, [r["sliding_ms"] for r in result["sizes"]], "o-", label="sliding windows")
     ax.loglog(sizes, [r["fcn_ms"] for r in result["sizes"]], "s-", label="fully convolutional")
@@ -107,10 +99,12 @@ def plot(result, path):
 
 
 def main(args):
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-    if any(s < 32 for s in sizes):
+    """``detector bench detect``; ``args.sizes`` is a tuple of sides (the parser checks them)."""
+    if any(s < 32 for s in args.sizes):
         raise ValueError(f"every size must be at least the 32-pixel window, got {args.sizes}")
-    result = run(sizes, args.large)
+    if 0 < args.large < 32:
+        raise ValueError(f"--large must be 0 (skip) or at least the 32-pixel window, got {args.large}")
+    result = run(args.sizes, args.large)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     if args.plot:
         plot(result, args.plot)

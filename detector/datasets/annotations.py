@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .. import images
+
 
 def _boxes(value):
     boxes = np.array(value, np.float64).reshape(-1, 4) if len(value) else np.zeros((0, 4))
@@ -45,13 +47,22 @@ class AnnotatedImage:
 
 
 def decode_image(data, name):
-    """The array cv2 decodes from encoded bytes ``data`` (any depth and channels), or a
-    ``ValueError`` naming ``name``."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
-    if image is None or image.size == 0:
-        raise ValueError(f"cannot read an image from {name}: not an image file OpenCV can decode "
-                         f"({len(data)} bytes)")
-    return image
+    """The array :func:`detector.images.decode` makes of encoded bytes ``data`` (uint8, or
+    float in [0, 1] for 16-bit images; gray, BGR or BGRA), or a ``ValueError`` naming ``name``."""
+    try:
+        return images.decode(data)
+    except ValueError as error:
+        raise ValueError(f"cannot read an image from {name}: {error}") from None
+
+
+def image_size(data, name):
+    """(width, height) of encoded bytes ``data``, from the header alone."""
+    try:
+        header = images.read_header(data)
+        images.check_pixels(header.width, header.height)
+    except ValueError as error:
+        raise ValueError(f"cannot read an image from {name}: {error}") from None
+    return header.width, header.height
 
 
 def to_channels(image, channels, name="the image"):

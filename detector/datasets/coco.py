@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .annotations import AnnotatedImage, decode_image
+from .annotations import AnnotatedImage, image_size
 
 KEYS = ("images", "annotations", "categories")
 TOLERANCE = 1.0  # pixels a box may lie outside its image before it is an error
@@ -136,8 +136,7 @@ def _categories(path, entries):
 
 
 def _image_size(file_path):
-    image = decode_image(np.fromfile(file_path, np.uint8), file_path)
-    return image.shape[1], image.shape[0]
+    return image_size(np.fromfile(file_path, np.uint8), file_path)
 
 
 def _images(path, entries, base, problems):
