@@ -107,7 +107,7 @@ def huge_png_header(width, height):
 
 
 BAD_REQUESTS = [
-    (pb.DetectRequest(encoded=b"garbage bytes"), "INVALID_ARGUMENT", "neither PNG nor JPEG"),
+    (pb.DetectRequest(encoded=b"garbage bytes"), "INVALID_ARGUMENT", "not a PNG, JPEG"),
     (pb.DetectRequest(encoded=b""), "INVALID_ARGUMENT", "the encoded image is empty"),
     (pb.DetectRequest(), "INVALID_ARGUMENT", "has no image"),
     (pb.DetectRequest(encoded=png(SMALL)[:60]), "INVALID_ARGUMENT", "cannot be decoded"),
@@ -123,8 +123,8 @@ BAD_REQUESTS = [
     (pb.DetectRequest(encoded=png(SMALL), stride=3), "INVALID_ARGUMENT", "must divide"),
     (pb.DetectRequest(encoded=png(SMALL), min_size=0.01), "INVALID_ARGUMENT", "more than 4x"),
     (pb.DetectRequest(encoded=png(SMALL), scales=[float("inf")]), "INVALID_ARGUMENT", "finite"),
-    (pb.DetectRequest(encoded=huge_png_header(100000, 100000)), "RESOURCE_EXHAUSTED", "10000000000 pixels"),
-    (pb.DetectRequest(raw=pb.RawImage(height=3000, width=3000, channels=1)), "RESOURCE_EXHAUSTED", "at most 4000000"),
+    (pb.DetectRequest(encoded=huge_png_header(100000, 100000)), "RESOURCE_EXHAUSTED", "10,000,000,000 pixels"),
+    (pb.DetectRequest(raw=pb.RawImage(height=3000, width=3000, channels=1)), "RESOURCE_EXHAUSTED", "at most 4,000,000"),
     (pb.DetectRequest(encoded=b"\x89PNG\r\n\x1a\n" + b"\x00" * 5 * 2**20), "RESOURCE_EXHAUSTED", ""),
 ]
 
@@ -370,3 +370,121 @@ def test_sigterm_drains_the_serve_command():
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_cheap_calls_answer_while_every_detect_place_is_taken(gated_server):
+    with DetectorClient(gated_server.address) as c:
+        held = [c.stub.Detect.future(c.request(SMALL), timeout=60) for _ in range(2)]
+        assert eventually(lambda: len(gated_server.started) == 2, 30)
+        health = health_pb2_grpc.HealthStub(c.channel)
+        for _ in range(20):  # gRPC's own call limit would refuse these; the Detect limit must not
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert c.model_info(timeout=10).stride == 4
+        with pytest.raises(grpc.RpcError) as refused:
+            c.detect(SMALL, timeout=20)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in refused.value.details()
+        gated_server.release.set()
+        assert [f.result().image_width for f in held] == [160, 160]
+
+
+def test_stop_ends_watch_streams_instead_of_waiting_for_them():
+    running = start_server(port=0, workers=1)
+    channel = grpc.insecure_channel(running.address)
+    stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+    stopped = running.stop(grace=60, notice=0)
+    assert stopped.wait(30), "the open Watch stream kept the server from stopping"
+    rest = [r.status for r in stream]  # ends, instead of blocking until the grace runs out
+    assert rest in ([], [health_pb2.HealthCheckResponse.NOT_SERVING])
+    channel.close()
+
+
+def test_the_server_ceiling_ends_a_call_that_has_no_deadline():
+    running = start_server(port=0, workers=1, max_request_seconds=0.5)
+    try:
+        with DetectorClient(running.address) as c:
+            with pytest.raises(grpc.RpcError) as error:
+                c.detect(BIG, mode="sliding")  # about a minute of work, and no deadline
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "server's limit of 0.5 s" in error.value.details()
+            assert c.detect(SMALL, timeout=20).image_width == 160
+    finally:
+        running.stop(0).wait()
+
+
+def test_work_over_the_budget_is_refused_before_it_starts(monkeypatch):
+    from detector_server import servicer
+
+    calls = []
+    monkeypatch.setattr(servicer, "detect", lambda *a, **k: calls.append(1))
+    running = start_server(port=0, workers=1, max_gflops=50, max_memory_mb=200, max_message_mb=1)
+    try:
+        with DetectorClient(running.address, timeout=30) as c:
+            for options, words in [({"mode": "sliding"}, r"needs [\d,]+ GFLOP .* the limit is 50"),
+                                   ({"scales": [4.0]}, r"needs about [\d,]+ MB .* the limit is 200 MB"),
+                                   ({"return_score_maps": True, "scales": [1.0]}, r"score maps would take [\d,]+ "
+                                                                                   r"bytes .* send limit of 1,048,576")]:
+                with pytest.raises(grpc.RpcError) as error:
+                    c.detect(png(BIG), **options)
+                assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert re.search(words, error.value.details()), error.value.details()
+        assert calls == []  # refused from the header, before decoding or detecting
+    finally:
+        running.stop(0).wait()
+
+
+def test_the_log_names_unknown_modes_and_expired_deadlines(server, client, caplog):
+    caplog.set_level("INFO", logger="detector_server")
+    with pytest.raises(grpc.RpcError):
+        client.stub.Detect(pb.DetectRequest(encoded=png(SMALL), mode=7))
+    lines = [r.getMessage() for r in caplog.records if r.name == "detector_server"]
+    assert any("mode=unknown(7) status=INVALID_ARGUMENT" in m for m in lines), lines
+
+
+def test_admission_refuses_past_its_limit_and_runs_in_arrival_order():
+    from detector_server.admission import Admission, Busy
+
+    admission = Admission(running=1, limit=3)
+    order, entered = [], []
+    first_running, release = threading.Event(), threading.Event()
+
+    def call(name):
+        with admission.enter():
+            entered.append(name)
+            with admission.slot(lambda: None, poll=0.01):
+                order.append(name)
+                if name == "a":
+                    first_running.set()
+                    release.wait(30)
+
+    threads = [threading.Thread(target=call, args=("a",))]
+    threads[0].start()
+    assert first_running.wait(30)
+    for name in ("b", "c"):
+        threads.append(threading.Thread(target=call, args=(name,)))
+        threads[-1].start()
+        assert eventually(lambda: name in entered)  # b queues before c
+    with pytest.raises(Busy, match="3 detection calls are running or queued"):
+        with admission.enter():
+            pass
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["a", "b", "c"] and admission.inside == 0
+
+
+def test_a_waiting_call_gives_up_when_its_check_says_so():
+    from detector_server.admission import Admission
+
+    admission = Admission(running=1, limit=2)
+    with admission.enter(), admission.slot(lambda: None):
+        def expired():
+            raise TimeoutError("deadline")
+
+        with admission.enter(), pytest.raises(TimeoutError):
+            with admission.slot(expired, poll=0.01):
+                pass
+    assert admission.inside == 0
+    with admission.enter(), admission.slot(lambda: None):  # the slot was given back
+        pass

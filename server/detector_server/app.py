@@ -5,11 +5,15 @@ the kernels on ``threads`` OpenMP threads, and ``workers`` requests run at once.
 workers = the cores and threads = 1, so a full server uses each core once: requests share
 the cores instead of queueing behind one another, and nothing is oversubscribed.
 """
+import errno
 import hashlib
 import hmac
 import logging
 import os
 import signal
+import socket
+import ssl
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -19,14 +23,25 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import detector
+from detector.budget import Budget
 from detector.threads import set_num_threads
 
 from . import detector_pb2 as pb
 from . import detector_pb2_grpc
+from .admission import Admission
 from .servicer import DetectorServicer
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Detector"].full_name  # "detector.v1.Detector"
 log = logging.getLogger("detector_server")
+
+# The defaults fit Kubernetes' 30 s termination grace: 1 s of notice, then calls in flight,
+# none of which runs longer than 25 s, finish.
+DEFAULT_MAX_REQUEST_SECONDS = 25.0
+DEFAULT_GRACE = 25.0
+DEFAULT_NOTICE = 1.0
+MAX_MESSAGE_MB = 2047  # gRPC's message limits are 32-bit byte counts
+CHEAP_THREADS = 16  # threads beyond Detect's for health checks, reflection and GetModelInfo
+CHEAP_CALLS = 256  # calls beyond Detect's that gRPC takes in at once
 
 
 class TokenAuth(grpc.ServerInterceptor):
@@ -52,7 +67,7 @@ class TokenAuth(grpc.ServerInterceptor):
 
 
 class RequestLog(grpc.ServerInterceptor):
-    """One line per call: method, request size, mode, status, milliseconds."""
+    """One line per unary call: method, request size, mode, status, milliseconds."""
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
@@ -66,13 +81,29 @@ class RequestLog(grpc.ServerInterceptor):
                 return inner(request, context)
             finally:
                 code = context.code() or grpc.StatusCode.OK
-                mode = pb.Mode.Name(request.mode) if hasattr(request, "mode") else "-"
-                log.info("%s bytes=%d mode=%s status=%s ms=%.1f", method, request.ByteSize(), mode,
+                log.info("%s bytes=%d mode=%s status=%s ms=%.1f", method, request.ByteSize(), _mode_name(request),
                          getattr(code, "name", code), (time.perf_counter() - start) * 1e3)
 
         return grpc.unary_unary_rpc_method_handler(
             logged, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
+
+
+def _mode_name(request):
+    if not isinstance(request, pb.DetectRequest):
+        return "-"
+    return pb.Mode.Name(request.mode) if request.mode in pb.Mode.values() else f"unknown({request.mode})"
+
+
+class Health(health.HealthServicer):
+    """The standard health service, whose Watch streams can be ended: a server draining for
+    shutdown must not wait for clients that never hang up."""
+
+    def close_watches(self):
+        with self._lock:
+            callbacks = [c for group in self._send_response_callbacks.values() for c in group]
+        for callback in callbacks:
+            callback(None)  # ends the stream (grpcio's non-blocking Watch)
 
 
 class RunningServer:
@@ -81,50 +112,111 @@ class RunningServer:
     def __init__(self, server, health_servicer, address):
         self.server, self.health, self.address = server, health_servicer, address
 
-    def stop(self, grace=10.0, notice=0.0):
+    def stop(self, grace=DEFAULT_GRACE, notice=0.0):
         """Drain: NOT_SERVING at once, so health-checking balancers move away during
-        ``notice`` seconds; then new calls are refused and calls in flight get ``grace``
-        seconds to finish. Returns an event set when the server has stopped."""
+        ``notice`` seconds; then Watch streams end, new calls are refused and calls in
+        flight get ``grace`` seconds to finish. Returns an event set when the server has
+        stopped: as soon as the last call ends."""
         self.health.enter_graceful_shutdown()
         if notice:
             time.sleep(notice)
+        self.health.close_watches()
         return self.server.stop(grace)
 
 
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _check_address(host, port):
+    """Refuse, with the reason, an address this machine cannot listen on."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be a whole number from 0 to 65535, got {port!r}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        raise OSError(f"cannot listen on {host}:{port}: the host is not known ({error})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reason = "the port is in use" if error.errno == errno.EADDRINUSE else \
+                "the host is not an address of this machine" if error.errno == errno.EADDRNOTAVAIL else \
+                error.strerror or str(error)
+            raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def _check_tls(chain, key):
+    """Refuse TLS material that is not PEM or whose key does not match the certificate."""
+    if not chain or not key:
+        raise ValueError("TLS needs both a certificate chain and a private key (PEM)")
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, name) for name in ("chain.pem", "key.pem")]
+        for path, data in zip(paths, (chain, key)):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                f.write(data)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*paths)
+        except ssl.SSLError as error:
+            if "KEY_VALUES_MISMATCH" in str(error):
+                raise ValueError("the TLS private key does not match the certificate") from None
+            raise ValueError(f"the TLS certificate or key is not valid PEM ({error.reason or error})") from None
+
+
 def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=None, max_message_mb=16,
-                 max_pixels=50_000_000, max_concurrent=None, token=None, tls=None):
+                 max_pixels=Budget.max_pixels, max_gflops=Budget.max_gflops, max_memory_mb=Budget.max_memory_mb,
+                 max_concurrent=None, max_request_seconds=DEFAULT_MAX_REQUEST_SECONDS, token=None, tls=None):
     """Load the model and start serving; return a :class:`RunningServer`.
 
-    ``port=0`` takes a free port. ``max_concurrent`` calls may be in the server at once
-    (running or queued); one more is answered RESOURCE_EXHAUSTED (default: 8 x workers, a
-    short queue, never an unbounded one).
-    ``tls`` is (certificate chain PEM bytes, private key PEM bytes).
+    ``port=0`` takes a free port. ``workers`` Detect calls run at once, each on ``threads``
+    kernel threads; ``max_concurrent`` may be in the server at once (running or queued:
+    default 8 x workers, a short queue, never an unbounded one) and one more is answered
+    RESOURCE_EXHAUSTED. Health checks, reflection and GetModelInfo have threads of their
+    own and never wait behind Detect. A call over ``max_pixels``, ``max_gflops`` or
+    ``max_memory_mb`` (see :class:`detector.budget.Budget`) is refused before any work; no
+    call runs longer than ``max_request_seconds``. ``tls`` is (certificate chain PEM bytes,
+    private key PEM bytes).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = workers or cores
-    for name, value in (("workers", workers), ("max_message_mb", max_message_mb), ("max_pixels", max_pixels)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    set_num_threads(threads or max(1, cores // workers))
+    workers = workers or _cores()
+    max_concurrent = max_concurrent or 8 * workers
+    for name, value, low, high in (("workers", workers, 1, 1024), ("threads", threads or 1, 1, 1024),
+                                   ("max_concurrent", max_concurrent, 1, 100_000),
+                                   ("max_message_mb", max_message_mb, 1, MAX_MESSAGE_MB),
+                                   ("max_request_seconds", max_request_seconds, 0.001, 86400)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
+    budget = Budget(max_pixels, max_gflops, max_memory_mb)
+    _check_address(host, port)
+    if tls:
+        _check_tls(*tls)
+    set_num_threads(threads or max(1, _cores() // workers))
     path = str(model or detector.DEFAULT_MODEL)
     net = detector.load_model(path)
     with open(path, "rb") as f:
         identity = {"name": os.path.basename(path), "checksum": hashlib.sha256(f.read()).hexdigest()}
-    servicer = DetectorServicer(net, identity, max_pixels)
-    interceptors = [RequestLog()] + ([TokenAuth(token)] if token else [])
     limit = int(max_message_mb * 2**20)
+    admission = Admission(min(workers, max_concurrent), max_concurrent)
+    servicer = DetectorServicer(net, identity, budget, admission, limit, max_request_seconds)
+    interceptors = [RequestLog()] + ([TokenAuth(token)] if token else [])
+    # Detect calls hold at most max_concurrent threads; the others are for the cheap calls.
+    # gRPC's own cap on calls is far above Detect's, so that it never refuses a health check.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detector"),
-        interceptors=interceptors, maximum_concurrent_rpcs=max_concurrent or 8 * workers,
+        futures.ThreadPoolExecutor(max_workers=max_concurrent + CHEAP_THREADS, thread_name_prefix="detector"),
+        interceptors=interceptors, maximum_concurrent_rpcs=max_concurrent + CHEAP_CALLS,
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                  ("grpc.so_reuseport", 0)])
     detector_pb2_grpc.add_DetectorServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = Health(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     target = f"{host}:{port}"
-    bound = (server.add_secure_port(target, grpc.ssl_server_credentials([tls[::-1]])) if tls
-             else server.add_insecure_port(target))
+    try:
+        bound = (server.add_secure_port(target, grpc.ssl_server_credentials([tls[::-1]])) if tls
+                 else server.add_insecure_port(target))
+    except RuntimeError as error:
+        raise OSError(f"cannot listen on {target}: {error}") from None
     if not bound:
         raise OSError(f"cannot listen on {target}")
     servicer.served_by = f"{host}:{bound}"
@@ -134,24 +226,30 @@ def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=Non
     return RunningServer(server, health_servicer, servicer.served_by)
 
 
-def serve(grace=30.0, notice=1.0, **options):
-    """Run until SIGTERM or SIGINT, then drain: NOT_SERVING, refuse new calls, let the ones in
-    flight finish (up to ``grace`` seconds), exit."""
+def serve(grace=DEFAULT_GRACE, notice=DEFAULT_NOTICE, **options):
+    """Run until SIGTERM or SIGINT, then drain (see :meth:`RunningServer.stop`) and exit.
+    The signal handlers are in place before the model loads, so a signal at any moment
+    drains; with the defaults the whole drain fits Kubernetes' 30 s termination grace."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    running = start_server(**options)
-    log.info("listening on %s (workers=%s, kernel threads=%s)", running.address,
-             options.get("workers") or "cores", detector.get_num_threads())
-    print(f"listening on {running.address}", flush=True)
-    stopped = threading.Event()
+    signalled = threading.Event()
+    received = []
 
-    def drain(signum, frame):
-        log.info("signal %s: draining for up to %.0f s", signal.Signals(signum).name, grace)
+    def on_signal(signum, frame):
+        received.append(signal.Signals(signum).name)
+        signalled.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        running = start_server(**options)
+        log.info("listening on %s (workers=%s, kernel threads=%s)", running.address,
+                 options.get("workers") or "cores", detector.get_num_threads())
+        print(f"listening on {running.address}", flush=True)
+        while not signalled.wait(1.0):
+            pass
+        log.info("signal %s: draining (notice %.1f s, grace up to %.0f s)", received[0], notice, grace)
         running.stop(grace, notice).wait()
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
-    while not stopped.wait(1.0):
-        pass
-    log.info("stopped")
+        log.info("stopped")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0

@@ -1,34 +1,57 @@
-"""The Detector servicer: protobuf in, detector.detect, protobuf out. Nothing else."""
+"""The Detector servicer: protobuf in, detector.detect, protobuf out.
+
+Every Detect call is checked before any work: its options, its image's header against the
+pixel limit, the estimated work and memory against the :class:`detector.budget.Budget`, and
+the score maps it asks for against the send limit. Then it waits for a running slot
+(:mod:`.admission`), decodes and detects, checking between levels and tiles that its
+deadline has not passed: the client's, or the server's ``max_request_seconds`` ceiling,
+whichever comes first.
+"""
+import json
 import time
 
 import grpc
 import numpy as np
 
-from detector.detect import DetectOptions, detect
+from detector.budget import OverBudget
+from detector.detect import DetectOptions, cost, detect
 
 from . import detector_pb2 as pb
 from . import detector_pb2_grpc
-from .images import BadImage, ImageTooLarge, decode
+from .admission import Busy
+from .images import BadImage, ImageTooLarge, RequestImage
 
 MODES = {pb.MODE_UNSPECIFIED: "fcn", pb.FCN: "fcn", pb.SLIDING: "sliding"}
+# a reply's bytes beside its score maps: detections, timings, identity
+REPLY_RESERVE = 64 * 1024
+MAX_MESSAGE_CHARS = 1000
 
 
-class _Stop(Exception):
-    """The call's deadline expired or it was cancelled: stop the work."""
+class Stop(Exception):
+    """The call's deadline passed or it was cancelled: stop the work."""
 
     def __init__(self, code, message):
         super().__init__(message)
         self.code = code
 
 
-def _checker(context):
-    def check():
-        remaining = context.time_remaining()
+class Deadline:
+    """``check()`` raises :class:`Stop` once the client's deadline or the server's ceiling
+    of ``limit`` seconds from now has passed, or the client has gone away."""
+
+    def __init__(self, context, limit):
+        self.context, self.limit = context, limit
+        self.end = time.monotonic() + limit
+
+    def check(self):
+        remaining = self.context.time_remaining()
         if remaining is not None and remaining <= 0:
-            raise _Stop(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline expired: the work was stopped")
-        if not context.is_active():
-            raise _Stop(grpc.StatusCode.CANCELLED, "the call was cancelled: the work was stopped")
-    return check
+            raise Stop(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline expired: the work was stopped")
+        if time.monotonic() >= self.end:
+            raise Stop(grpc.StatusCode.DEADLINE_EXCEEDED,
+                       f"the call ran past the server's limit of {self.limit:g} s per call: the work was stopped")
+        if not self.context.is_active():
+            raise Stop(grpc.StatusCode.CANCELLED, "the call was cancelled: the work was stopped")
 
 
 def detect_options(request):
@@ -54,27 +77,62 @@ def detect_options(request):
     return DetectOptions(**options)
 
 
+def _bounded(error):
+    """An error's message for the client, never unboundedly long."""
+    text = str(error)
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
+
+
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
-    def __init__(self, net, identity, max_pixels):
-        self.net, self.max_pixels = net, max_pixels
+    def __init__(self, net, identity, budget, admission, max_send_bytes, max_request_seconds):
+        self.net, self.budget, self.admission = net, budget, admission
+        self.max_send_bytes, self.max_request_seconds = max_send_bytes, max_request_seconds
         self.identity = pb.ModelIdentity(**identity)
         self.served_by = ""
 
     def Detect(self, request, context):
         start = time.perf_counter()
-        code = message = None
+        deadline = Deadline(context, self.max_request_seconds)
         try:
-            image = decode(request, self.max_pixels)
-            decoded = time.perf_counter()
-            result = detect(image, self.net, detect_options(request), check=_checker(context))
-        except ImageTooLarge as error:
-            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-        except _Stop as stop:
-            code, message = stop.code, str(stop)
+            with self.admission.enter():
+                options, image = self._admit(request)
+                with self.admission.slot(deadline.check) as waited:
+                    deadline.check()
+                    begun = time.perf_counter()
+                    pixels = image.decode()
+                    decoded = time.perf_counter()
+                    result = detect(pixels, self.net, options, check=deadline.check)
+                    del pixels
+        except (Busy, ImageTooLarge, OverBudget) as error:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _bounded(error))
+        except Stop as stop:
+            context.abort(stop.code, str(stop))
         except (BadImage, ValueError, TypeError) as error:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
-        if code is not None:
-            context.abort(code, message)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(error))
+        reply = self._reply(result)
+        t = result.timings
+        reply.timings.CopyFrom(pb.Timings(
+            decode_ms=(decoded - begun) * 1e3, pyramid_ms=t["pyramid"] * 1e3, inference_ms=t["inference"] * 1e3,
+            nms_ms=t["nms"] * 1e3, total_ms=(time.perf_counter() - start) * 1e3, queue_ms=waited * 1e3))
+        if reply.ByteSize() > self.max_send_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"the reply is {reply.ByteSize():,} bytes, over the server's send limit of "
+                          f"{self.max_send_bytes:,}: ask for fewer detections or no score maps")
+        return reply
+
+    def _admit(self, request):
+        """The options and the (undecoded) image of a request, checked against the limits."""
+        options = detect_options(request)
+        image = RequestImage(request, self.budget.max_pixels)
+        needed = cost(image.shape, self.net, options, image.sample_bytes)
+        self.budget.check(needed)
+        if options.return_maps and needed.map_bytes + REPLY_RESERVE > self.max_send_bytes:
+            raise OverBudget(f"the score maps would take {needed.map_bytes:,} bytes ({needed.levels} levels), "
+                             f"over the server's send limit of {self.max_send_bytes:,}: ask without "
+                             "score maps, for fewer scales or for a smaller image")
+        return options, image
+
+    def _reply(self, result):
         reply = pb.DetectReply(model=self.identity, served_by=self.served_by,
                                image_height=result.image_size[0], image_width=result.image_size[1],
                                truncated=result.truncated)
@@ -86,18 +144,12 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             reply.score_maps.add(scale=level.scale, stride=level.stride, classes=scores.shape[0],
                                  height=scores.shape[1], width=scores.shape[2], data=scores.tobytes(),
                                  pad=level.pad)
-        t = result.timings
-        reply.timings.CopyFrom(pb.Timings(
-            decode_ms=(decoded - start) * 1e3, pyramid_ms=t["pyramid"] * 1e3, inference_ms=t["inference"] * 1e3,
-            nms_ms=t["nms"] * 1e3, total_ms=(time.perf_counter() - start) * 1e3))
         return reply
 
     def GetModelInfo(self, request, context):
-        import json
-
+        net = self.net
         return pb.ModelInfo(
-            model=self.identity, classes=self.net.classes, window_height=self.net.window[0],
-            window_width=self.net.window[1], stride=self.net.total_stride[0], spec=self.net.spec,
-            metrics_json=json.dumps(self.net.metrics), served_by=self.served_by, channels=self.net.channels,
-            background=self.net.background, object_size=self.net.object_size, box_aspects=self.net.box_aspects,
-            box_regression=self.net.box_regression)
+            model=self.identity, classes=net.classes, window_height=net.window[0], window_width=net.window[1],
+            stride=net.total_stride[0], spec=net.spec, metrics_json=json.dumps(net.metrics),
+            served_by=self.served_by, channels=net.channels, background=net.background,
+            object_size=net.object_size, box_aspects=net.box_aspects, box_regression=net.box_regression)
