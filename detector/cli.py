@@ -1,28 +1,89 @@
-"""The detector command line: train, detect, eval, data, bench, serve, client, demo."""
+"""The detector command line: train, detect, eval, data, bench, serve, client, demo.
+
+Every error is one line on stderr and a non-zero exit status, never a traceback: 2 for a bad
+argument, a bad input file or a refused request; 1 for a gRPC error from a server, or for an
+internal error (set ``DETECTOR_DEBUG=1`` to see its traceback); 130 when interrupted.
+Argument ranges are checked by the parser (:mod:`detector.cli_args`), before any work, and
+output paths are checked before the work that would fill them. ``--json`` output uses one
+vocabulary across commands (:mod:`detector.report_json`).
+"""
 import argparse
+import inspect
 import json
 import os
 import sys
+import time
 
-import numpy as np
+from . import cli_args as arg
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it has none or is an on/off flag (a help
+    text then says what happens without it)."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        if (not action.option_strings or default is None or default is argparse.SUPPRESS
+                or isinstance(default, bool) or "%(default)" in text):
+            return text
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line: what is wrong and where to read more."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _command(commands, name, text):
+    return commands.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+
+def _version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("detector")
+    except metadata.PackageNotFoundError:
+        import detector
+
+        return getattr(detector, "__version__", "unknown")
 
 
 def _detect_options(p):
     from .detect import MODES, DetectOptions
 
     d = DetectOptions()
-    p.add_argument("--model", help="checkpoint (.npz); default: the shipped model")
-    p.add_argument("--mode", choices=MODES, default=d.mode)
-    p.add_argument("--stride", type=int, help="pixels between windows in each level (default: the net's)")
-    p.add_argument("--threshold", type=float, default=d.score_threshold, help="smallest score kept")
-    p.add_argument("--nms-iou", type=float, default=d.nms_iou, help="overlap above which NMS suppresses")
+    p.add_argument("--model", help="checkpoint (.npz) (default: the shipped model)")
+    p.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="fcn: the fully convolutional net; sliding: each window classified alone")
+    p.add_argument("--stride", type=arg.count,
+                   help="pixels between windows in each level (default: the net's total stride)")
+    p.add_argument("--threshold", type=arg.probability, default=d.score_threshold, help="smallest score kept")
+    p.add_argument("--nms-iou", type=arg.probability, default=d.nms_iou,
+                   help="overlap above which NMS suppresses")
     p.add_argument("--class-agnostic", action="store_true", help="NMS across classes too")
-    p.add_argument("--max-detections", type=int, default=d.max_detections,
+    p.add_argument("--max-detections", type=arg.count, default=d.max_detections,
                    help="keep the best N after NMS (a cut is reported)")
-    p.add_argument("--min-size", type=float, default=d.min_size,
+    p.add_argument("--min-size", type=arg.positive, default=d.min_size,
                    help="smallest object sought: its longer side in pixels")
-    p.add_argument("--max-size", type=float, help="largest object sought (default: the image's longer side)")
-    p.add_argument("--scale-step", type=float, default=d.scale_step, help="ratio of neighbouring pyramid levels")
+    p.add_argument("--max-size", type=arg.positive,
+                   help="largest object sought, in pixels (default: the image's longer side)")
+    p.add_argument("--scale-step", type=arg.scale_step, default=d.scale_step,
+                   help="ratio of neighbouring pyramid levels")
+
+
+def _budget_options(p):
+    from .budget import Budget
+
+    p.add_argument("--max-pixels", type=arg.count, default=Budget.max_pixels,
+                   help="largest image in pixels, checked from its header before decoding")
+    p.add_argument("--max-gflops", type=arg.positive, default=Budget.max_gflops,
+                   help="most work per image, in GFLOP over all pyramid levels, estimated before any")
+    p.add_argument("--max-memory-mb", type=arg.positive, default=Budget.max_memory_mb,
+                   help="most memory per image, in MB, estimated before any work")
 
 
 def _detect_options_of(args, **changes):
@@ -34,14 +95,16 @@ def _detect_options_of(args, **changes):
 
 
 def _parser():
+    from detector_server import app
+
     from .architecture import DEFAULT_SPEC
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="detector", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="detector", description=__doc__.split("\n")[0], formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"detector {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train the classifier on the built-in digits or your own data",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train = _command(commands, "train", "train the classifier on the built-in digits or your own data")
     d = TrainConfig(out="")
     train.add_argument("--out", required=True, help="checkpoint to write (.npz), the best model on validation")
     train.add_argument("--data", default=d.data,
@@ -50,121 +113,134 @@ def _parser():
     train.add_argument("--background", default=d.background, help="name of the crop folder's background class")
     train.add_argument("--negatives", help="folder of images with none of the objects: more background, and mined")
     train.add_argument("--channels", type=int, choices=(1, 3), default=d.channels, help="1: gray, 3: BGR colour")
-    train.add_argument("--object-size", type=float,
+    train.add_argument("--object-size", type=arg.number(0, 1, low_open=True),
                        help="an object's longer side as a fraction of the window (default: 0.65 for COCO, "
                             "1 for crops; the digits' own)")
-    train.add_argument("--val-fraction", type=float, default=d.val_fraction, help="images held out for validation")
-    train.add_argument("--windows-per-box", type=int, default=d.windows_per_box,
+    train.add_argument("--val-fraction", type=arg.fraction, default=d.val_fraction,
+                       help="images held out for validation")
+    train.add_argument("--windows-per-box", type=arg.count, default=d.windows_per_box,
                        help="jittered training windows cut around each box")
     train.add_argument("--skip-bad", action="store_true",
                        help="skip unreadable images and bad annotations (counted in the log) instead of stopping")
     train.add_argument("--no-box-regression", action="store_true", help="no box-regression head")
-    train.add_argument("--epochs", type=int, default=d.epochs)
-    train.add_argument("--batch-size", type=int, default=d.batch_size)
-    train.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    train.add_argument("--momentum", type=float, default=d.momentum)
-    train.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    train.add_argument("--seed", type=int, default=d.seed, help="initialisation, shuffling and data seeds")
+    train.add_argument("--epochs", type=arg.count, default=d.epochs, help="passes over the training windows")
+    train.add_argument("--batch-size", type=arg.count, default=d.batch_size, help="windows per SGD step")
+    train.add_argument("--lr", type=arg.positive, default=d.lr, help="peak learning rate")
+    train.add_argument("--momentum", type=arg.number(0, 1, high_open=True), default=d.momentum, help="SGD momentum")
+    train.add_argument("--weight-decay", type=arg.non_negative_number, default=d.weight_decay, help="L2 penalty")
+    train.add_argument("--seed", type=arg.non_negative, default=d.seed, help="initialisation, shuffling and data seeds")
     train.add_argument("--spec", default=DEFAULT_SPEC, help="architecture; its last fc is set to the classes")
-    train.add_argument("--train-size", type=int, default=d.train_size, help="training patches (digits)")
-    train.add_argument("--val-size", type=int, default=d.val_size, help="validation patches (digits)")
-    train.add_argument("--mine-rounds", type=int, default=d.mine_rounds,
+    train.add_argument("--train-size", type=arg.count, default=d.train_size, help="training patches (digits)")
+    train.add_argument("--val-size", type=arg.count, default=d.val_size, help="validation patches (digits)")
+    train.add_argument("--mine-rounds", type=arg.non_negative, default=d.mine_rounds,
                        help="rounds of hard-negative mining on the training images after training")
-    train.add_argument("--mine-scenes", type=int, default=d.mine_scenes, help="generated scenes per round (digits)")
-    train.add_argument("--mine-epochs", type=int, default=d.mine_epochs, help="epochs of retraining per round")
+    train.add_argument("--mine-scenes", type=arg.count, default=d.mine_scenes,
+                       help="generated scenes per round (digits)")
+    train.add_argument("--mine-epochs", type=arg.count, default=d.mine_epochs, help="epochs of retraining per round")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    detect = commands.add_parser("detect", help="find the model's objects in an image")
-    detect.add_argument("image", help="PNG, JPEG or any image OpenCV reads")
+    detect = _command(commands, "detect", "find the model's objects in an image")
+    detect.add_argument("image", help="PNG, JPEG, BMP, TIFF or WebP file")
     _detect_options(detect)
+    _budget_options(detect)
     detect.add_argument("--json", action="store_true", help="print the detections as JSON")
     detect.add_argument("--out", help="write the image with boxes, labels and scores (PNG)")
     detect.add_argument("--heatmap", help="write the score maps as a colour overlay (PNG)")
     detect.add_argument("--heatmap-class", help="show this class's probability (default: the best object class)")
     detect.add_argument("--coco-json", help="write the detections in the COCO results format")
-    detect.add_argument("--image-id", type=int, default=0, help="image_id for --coco-json")
+    detect.add_argument("--image-id", type=arg.non_negative, default=0, help="image_id for --coco-json")
 
-    evaluate = commands.add_parser("eval", help="average precision on scenes or on a COCO data set")
+    evaluate = _command(commands, "eval", "average precision on scenes or on a COCO data set")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--scenes", help="folder written by 'detector data scenes'")
     source.add_argument("--coco", help="COCO instances JSON with the ground truth")
     source.add_argument("--digits", action="store_true",
                         help="a digit model on held-out fonts, held-out photographs and generated scenes")
-    evaluate.add_argument("--n", type=int, default=200, help="generated scenes per split (--digits)")
+    evaluate.add_argument("--n", type=arg.count, default=200, help="generated scenes per split (--digits)")
     evaluate.add_argument("--images", help="folder of the COCO data set's images (default: the JSON's folder)")
     _detect_options(evaluate)
     evaluate.add_argument("--coco-json", dest="results_json",
                           help="write the detections as COCO results, with the data set's category ids")
     evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
-    data = commands.add_parser("data", help="generate and look at data")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    preview = data_commands.add_parser("preview", help="draw a labelled grid of training patches")
+    data = _command(commands, "data", "generate and look at data")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="WHAT")
+    preview = _command(data_commands, "preview", "draw a labelled grid of training patches")
     preview.add_argument("--out", required=True, help="PNG to write")
-    preview.add_argument("--n", type=int, default=160, help="how many patches")
-    preview.add_argument("--seed", type=int, default=0)
-    scenes = data_commands.add_parser("scenes", help="write scenes with ground truth for 'detector eval'")
-    scenes.add_argument("--n", type=int, default=200)
-    scenes.add_argument("--seed", type=int, default=500000, help="scene i is drawn from seed + i")
+    preview.add_argument("--n", type=arg.count, default=160, help="how many patches")
+    preview.add_argument("--seed", type=arg.non_negative, default=0, help="patch i is drawn from this seed")
+    scenes = _command(data_commands, "scenes", "write scenes with ground truth for 'detector eval'")
+    scenes.add_argument("--n", type=arg.count, default=200, help="how many scenes")
+    scenes.add_argument("--seed", type=arg.non_negative, default=500000, help="scene i is drawn from seed + i")
     scenes.add_argument("--out", required=True, help="folder for the PNGs and annotations.json")
     scenes.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1: gray, 3: colour")
     scenes.add_argument("--held-out", action="store_true", help="draw with the fonts and photos training never sees")
-    shapes = data_commands.add_parser("shapes", help="write a COCO data set of coloured shapes (a demo of your own data)")
-    shapes.add_argument("--n", type=int, default=300, help="how many images")
-    shapes.add_argument("--seed", type=int, default=0)
+    shapes = _command(data_commands, "shapes", "write a COCO data set of coloured shapes (a demo of your own data)")
+    shapes.add_argument("--n", type=arg.count, default=300, help="how many images")
+    shapes.add_argument("--seed", type=arg.non_negative, default=0, help="seed of the drawing")
     shapes.add_argument("--out", required=True, help="folder for the PNGs and annotations.json")
     shapes.add_argument("--photos", choices=("none", "train", "held-out"), default="none",
                         help="backgrounds: drawn, or crops of the bundled photographs of this split")
-    shapes.add_argument("--size", default="320x240", help="image size WxH")
+    shapes.add_argument("--size", type=arg.image_size, default="320x240", help="image size WxH")
 
-    bench = commands.add_parser("bench", help="measure speed on this machine")
-    targets = bench.add_subparsers(dest="target", required=True)
-    layers = targets.add_parser("layers", help="forward and backward of each layer kernel against NumPy")
+    bench = _command(commands, "bench", "measure speed on this machine")
+    targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
+    layers = _command(targets, "layers", "forward and backward of each layer kernel against NumPy")
     layers.add_argument("--json", action="store_true", help="print one JSON object")
-    bdetect = targets.add_parser("detect", help="sliding windows against the fully convolutional net")
-    bdetect.add_argument("--sizes", default="128,256,512,1024", help="image sides, comma-separated")
-    bdetect.add_argument("--large", type=int, default=4096, help="side of the image for the FCN's peak memory (0: skip)")
+    bdetect = _command(targets, "detect", "sliding windows against the fully convolutional net")
+    bdetect.add_argument("--sizes", type=arg.whole_list(32), default="128,256,512,1024",
+                         help="image sides, comma-separated, each at least the 32-pixel window")
+    bdetect.add_argument("--large", type=arg.non_negative, default=4096,
+                         help="side of the image for the FCN's peak memory (0: skip)")
     bdetect.add_argument("--json", action="store_true", help="print one JSON object")
     bdetect.add_argument("--plot", help="write a plot of time against size (PNG)")
 
-    bserve = targets.add_parser("serve", help="served throughput and latency under concurrent load")
+    bserve = _command(targets, "serve", "served throughput and latency under concurrent load")
     bserve.add_argument("--addr", help="a running server (default: start one on loopback)")
-    bserve.add_argument("--concurrency", default="1,4,16", help="client threads, comma-separated")
-    bserve.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
-    bserve.add_argument("--mode", choices=("fcn", "sliding"), default="fcn")
-    bserve.add_argument("--size", default="640x480", help="image size WxH")
+    bserve.add_argument("--concurrency", type=arg.whole_list(1), default="1,4,16",
+                        help="client threads, comma-separated")
+    bserve.add_argument("--requests", type=arg.count, default=200, help="requests per concurrency level")
+    bserve.add_argument("--mode", choices=("fcn", "sliding"), default="fcn", help="detection mode")
+    bserve.add_argument("--size", type=arg.image_size, default="640x480", help="image size WxH")
     bserve.add_argument("--json", action="store_true", help="print one JSON object")
 
-    serve = commands.add_parser("serve", help="serve detection over gRPC (detector.v1)")
+    serve = _command(commands, "serve", "serve detection over gRPC (detector.v1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
-    serve.add_argument("--port", type=int, default=50051, help="0 takes a free port")
-    serve.add_argument("--model", help="checkpoint (.npz); default: the shipped model")
-    serve.add_argument("--workers", type=int, help="requests run at once (default: the cores)")
-    serve.add_argument("--threads", type=int, help="kernel threads per request (default: cores / workers)")
-    serve.add_argument("--max-message-mb", type=float, default=16, help="largest request or reply")
-    serve.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image, checked before decoding")
-    serve.add_argument("--max-concurrent", type=int, help="calls in the server at once, running or queued (default: 8 x workers)")
+    serve.add_argument("--port", type=arg.port, default=50051, help="0 takes a free port")
+    serve.add_argument("--model", help="checkpoint (.npz) (default: the shipped model)")
+    serve.add_argument("--workers", type=arg.count, help="requests run at once (default: the cores)")
+    serve.add_argument("--threads", type=arg.count, help="kernel threads per request (default: cores / workers)")
+    serve.add_argument("--max-message-mb", type=arg.message_mb,
+                       default=inspect.signature(app.start_server).parameters["max_message_mb"].default,
+                       help="largest request or reply")
+    _budget_options(serve)
+    serve.add_argument("--max-concurrent", type=arg.count,
+                       help="calls in the server at once, running or queued (default: 8 x workers)")
+    serve.add_argument("--max-request-seconds", type=arg.seconds, default=app.DEFAULT_MAX_REQUEST_SECONDS,
+                       help="longest a call may run before DEADLINE_EXCEEDED")
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    serve.add_argument("--token", default=os.environ.get("DETECTOR_TOKEN"),
-                       help="require 'authorization: Bearer TOKEN' (default: $DETECTOR_TOKEN)")
-    serve.add_argument("--grace", type=float, default=30, help="seconds calls in flight get on SIGTERM")
+    serve.add_argument("--token", help="require 'authorization: Bearer TOKEN' (default: $DETECTOR_TOKEN)")
+    serve.add_argument("--notice", type=arg.seconds_or_zero, default=app.DEFAULT_NOTICE,
+                       help="seconds between NOT_SERVING and refusing new calls on SIGTERM")
+    serve.add_argument("--grace", type=arg.seconds_or_zero, default=app.DEFAULT_GRACE,
+                       help="seconds calls in flight get to finish on SIGTERM")
 
-    client = commands.add_parser("client", help="call a detector server")
-    client.add_argument("image", help="PNG or JPEG file")
-    client.add_argument("--addr", default="127.0.0.1:50051")
-    client.add_argument("--mode", choices=("fcn", "sliding"), default="fcn")
-    client.add_argument("--threshold", type=float, help="smallest score kept (server default 0.5)")
-    client.add_argument("--class-agnostic", action="store_true")
+    client = _command(commands, "client", "call a detector server")
+    client.add_argument("image", help="PNG, JPEG, BMP, TIFF or WebP file")
+    client.add_argument("--addr", default="127.0.0.1:50051", help="the server, host:port")
+    client.add_argument("--mode", choices=("fcn", "sliding"), default="fcn", help="detection mode")
+    client.add_argument("--threshold", type=arg.probability, help="smallest score kept (default: the server's)")
+    client.add_argument("--class-agnostic", action="store_true", help="NMS across classes too")
     client.add_argument("--json", action="store_true", help="print the reply as JSON")
     client.add_argument("--out", help="write the image with boxes (PNG)")
-    client.add_argument("--token", default=os.environ.get("DETECTOR_TOKEN"))
+    client.add_argument("--token", help="send 'authorization: Bearer TOKEN' (default: $DETECTOR_TOKEN)")
     client.add_argument("--tls-ca", help="PEM root certificates: connect with TLS")
-    client.add_argument("--timeout", type=float, default=60, help="seconds before DEADLINE_EXCEEDED")
+    client.add_argument("--timeout", type=arg.seconds, default=60.0, help="seconds before DEADLINE_EXCEEDED")
 
-    demo = commands.add_parser("demo", help="draw a scene, detect with both modes, compare")
+    demo = _command(commands, "demo", "draw a scene, detect with both modes, compare")
     demo.add_argument("--out", default="demo-output", help="folder for the pictures")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=arg.non_negative, default=7, help="seed of the scene")
     return parser
 
 
@@ -188,66 +264,105 @@ def _train(args):
 
 
 def _check_writable(*paths):
-    """Refuse, before any work, an output path that is a folder or whose folder does not exist."""
+    """Refuse, before any work, an output path that is a folder or whose folder does not
+    exist or cannot be written."""
     for path in paths:
-        if path and os.path.isdir(path):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
             raise ValueError(f"cannot write {path}: it is a folder; give a file name")
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        if not os.path.isdir(folder):
             raise ValueError(f"cannot write {path}: its folder does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write {path}: its folder is not writable")
 
 
-def _read_image(path):
-    """The image as it is stored (gray, BGR or BGRA; 16 bits become float in [0, 1])."""
-    from .datasets.annotations import read_image
+def _check_picture(*paths):
+    """Refuse, before any work, a picture path that cannot be written or whose extension
+    OpenCV cannot encode."""
+    import cv2
 
-    image = read_image(path)
-    return image.astype(np.float32) / 65535 if image.dtype == np.uint16 else image
+    _check_writable(*paths)
+    for path in paths:
+        if path and not cv2.haveImageWriter(path):
+            raise ValueError(f"cannot write {path}: OpenCV writes no such format; use a .png path")
+
+
+def _write_picture(path, picture):
+    import cv2
+
+    try:
+        written = cv2.imwrite(path, picture)
+    except cv2.error as error:
+        raise OSError(f"could not write {path}: {str(error).strip().splitlines()[-1]}") from None
+    if not written:
+        raise OSError(f"could not write {path}")
+
+
+def _read_file(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise OSError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
 def _detect(args):
-    import cv2
-
-    from . import draw, load_model
+    from . import DEFAULT_MODEL, draw, images, load_model
+    from .budget import Budget, OverBudget
     from .detect import detect
+    from .report_json import model_json, result_json
 
-    _check_writable(args.out, args.heatmap, args.coco_json)
-    net = load_model(args.model)
+    _check_picture(args.out, args.heatmap)
+    _check_writable(args.coco_json)
+    budget = Budget(args.max_pixels, args.max_gflops, args.max_memory_mb)
+    options = _detect_options_of(args, return_maps=bool(args.heatmap))
+    model_path = str(args.model or DEFAULT_MODEL)
+    net = load_model(model_path)
     if args.heatmap_class is not None and args.heatmap_class not in net.objects:
         raise ValueError(f"--heatmap-class {args.heatmap_class!r} is not one of the model's classes {net.objects}")
-    image = _read_image(args.image)
-    result = detect(image, net, _detect_options_of(args, return_maps=bool(args.heatmap)))
+    start = time.perf_counter()
+    try:
+        image = images.read(args.image, args.max_pixels)
+    except images.ImageTooLarge as error:
+        raise images.ImageTooLarge(f"{error} (--max-pixels)") from None
+    decoded = time.perf_counter()
+    try:
+        result = detect(image, net, options, budget=budget)
+    except OverBudget as error:
+        raise OverBudget(f"{error} (limits: --max-gflops, --max-memory-mb)") from None
+    report = {"image": args.image,
+              **result_json(result, (decoded - start) * 1e3, (time.perf_counter() - start) * 1e3),
+              "model": model_json(model_path)}
     if args.json:
-        print(json.dumps({"image": args.image, "size": list(result.image_size), "timings": result.timings,
-                          "truncated": result.truncated,
-                          "detections": [{"box": list(d.box), "label": d.label, "score": d.score}
-                                         for d in result.detections]}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
         for d in result.detections:
             print(f"{d.label} {d.score:.3f} " + " ".join(f"{v:.1f}" for v in d.box))
-        print(f"{len(result.detections)} detections in {sum(result.timings.values()) * 1e3:.0f} ms ({args.mode})")
+        print(f"{len(result.detections)} detections in {report['timings_ms']['total_ms']:.0f} ms ({args.mode})")
     if result.truncated:
         print(f"detector: kept the best {len(result.detections)} of {len(result.detections) + result.truncated} "
               "detections: raise --max-detections to see them all", file=sys.stderr)
-    pictures = ((args.out, lambda: draw.boxes(image, result.detections, net.classes)),
-                (args.heatmap, lambda: draw.heatmap(image, result.levels, net.window, net.classes, net.background,
-                                                    only=args.heatmap_class)))
-    for path, picture in pictures:
-        if path and not cv2.imwrite(path, picture()):
-            raise ValueError(f"could not write {path}: use a .png path in an existing folder")
+    if args.out:
+        _write_picture(args.out, draw.boxes(image, result.detections, net.classes))
+    if args.heatmap:
+        _write_picture(args.heatmap, draw.heatmap(image, result.levels, net.window, net.classes, net.background,
+                                                  only=args.heatmap_class))
     if args.coco_json:
-        from .datasets.coco import results_json
-
-        from .datasets.coco import atomic_write_json
+        from .datasets.coco import atomic_write_json, results_json
 
         ids = net.data.get("category_ids") or {c: i for i, c in enumerate(net.classes)}
         atomic_write_json(args.coco_json, results_json([(args.image_id, [(d.box, d.label, d.score)
-                                                                   for d in result.detections])], ids))
+                                                                          for d in result.detections])], ids))
     return 0
 
 
 def _ground_truth(args, net):
     """(image id, image, boxes, labels, crowd flags) of each image of ``--coco`` or
     ``--scenes``, and the category id of each class name."""
+    import numpy as np
+
     if args.scenes:
         from .scenes import read_scenes
 
@@ -269,6 +384,8 @@ def _ground_truth(args, net):
 
 
 def _eval(args):
+    import numpy as np
+
     from . import load_model
     from .detect import detect
     from .evaluate import coco_average_precision, mean_average_precision
@@ -279,8 +396,6 @@ def _eval(args):
     if args.digits:
         from .digit_report import report
 
-        if args.n < 1:
-            raise ValueError(f"--n must be at least 1, got {args.n}")
         figures = report(net, options, args.n, log=(lambda *_: None) if args.json else print)
         if args.json:
             print(json.dumps(figures, indent=2))
@@ -315,8 +430,6 @@ def _eval(args):
 
 
 def _data(args):
-    import cv2
-
     if args.data_command == "scenes":
         from .scenes import write_scenes
 
@@ -324,36 +437,21 @@ def _data(args):
                                split="held-out" if args.held_out else "train")
         print(f"wrote {len(entries)} scenes and annotations.json to {args.out}")
         return 0
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
     if args.data_command == "shapes":
+        from .datasets import photos
         from .datasets.shapes import write_shapes
 
-        from .datasets import photos
-
         backgrounds = None if args.photos == "none" else [photos.load(n, 3) for n in photos.photos(args.photos)]
-        path = write_shapes(args.out, args.n, args.seed, size=_size(args.size), photos=backgrounds)
+        path = write_shapes(args.out, args.n, args.seed, size=args.size, photos=backgrounds)
         print(f"wrote {args.n} images and {path}")
         return 0
     from .datasets import digits
 
-    _check_writable(args.out)
+    _check_picture(args.out)
     x, labels, _ = digits.patches(args.n, args.seed)
-    if not cv2.imwrite(args.out, digits.preview(x, labels)):
-        raise ValueError(f"could not write {args.out}: use a .png path in an existing folder")
+    _write_picture(args.out, digits.preview(x, labels))
     print(f"wrote {args.out}: {args.n} patches, seed {args.seed}")
     return 0
-
-
-def _size(text):
-    """(width, height) from "WxH"."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size must be WxH in pixels, such as 640x480, got {text!r}") from None
-    if not (32 <= width <= 8192 and 32 <= height <= 8192):
-        raise ValueError(f"size must be between 32x32 and 8192x8192, got {text!r}")
-    return width, height
 
 
 def _bench(args):
@@ -363,7 +461,13 @@ def _bench(args):
         return bench.main(args)
     from .bench import detect, layers
 
+    if args.target == "detect":
+        _check_picture(args.plot)
     return (layers if args.target == "layers" else detect).main(args)
+
+
+def _token(args):
+    return args.token if args.token is not None else os.environ.get("DETECTOR_TOKEN")
 
 
 def _serve(args):
@@ -371,33 +475,31 @@ def _serve(args):
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
-    tls = None
-    if args.tls_cert:
-        with open(args.tls_cert, "rb") as cert, open(args.tls_key, "rb") as key:
-            tls = (cert.read(), key.read())
-    return serve(grace=args.grace, model=args.model, host=args.host, port=args.port, workers=args.workers,
-                 threads=args.threads, max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
-                 max_concurrent=args.max_concurrent, token=args.token, tls=tls)
+    # read before anything loads: a missing file fails at once, not after the model
+    tls = (_read_file(args.tls_cert, "--tls-cert"), _read_file(args.tls_key, "--tls-key")) if args.tls_cert else None
+    return serve(grace=args.grace, notice=args.notice, model=args.model, host=args.host, port=args.port,
+                 workers=args.workers, threads=args.threads, max_message_mb=args.max_message_mb,
+                 max_pixels=args.max_pixels, max_gflops=args.max_gflops, max_memory_mb=args.max_memory_mb,
+                 max_concurrent=args.max_concurrent, max_request_seconds=args.max_request_seconds,
+                 token=_token(args), tls=tls)
 
 
 def _client(args):
-    import grpc
-
     from detector_server import DetectorClient, reply_to_dict
+
+    from .images import MAX_PIXELS
 
     options = {"class_agnostic": args.class_agnostic}
     if args.threshold is not None:
         options["score_threshold"] = args.threshold
-    _check_writable(args.out)
-    ca = open(args.tls_ca, "rb").read() if args.tls_ca else None
-    with DetectorClient(args.addr, token=args.token, root_certificates=ca, timeout=args.timeout) as client:
-        try:
-            reply = client.detect(args.image, mode=args.mode, **options)
-            classes = list(client.model_info().classes) if args.out else None  # one colour per class
-        except grpc.RpcError as error:
-            print(f"detector: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-    result = reply_to_dict(reply)
+    _check_picture(args.out)
+    encoded = _read_file(args.image, "the image")
+    ca = _read_file(args.tls_ca, "--tls-ca") if args.tls_ca else None
+    # gRPC errors (grpc.RpcError) reach main(), which prints their status in one line
+    with DetectorClient(args.addr, token=_token(args), root_certificates=ca, timeout=args.timeout) as client:
+        reply = client.detect(encoded, mode=args.mode, **options)
+        classes = list(client.model_info().classes) if args.out else None  # one colour per class
+    result = {"image": args.image, **reply_to_dict(reply)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -406,15 +508,13 @@ def _client(args):
         print(f"{len(result['detections'])} detections, {result['timings_ms']['total_ms']:.0f} ms on "
               f"{result['served_by']} ({result['model']['name']} {result['model']['checksum'][:12]})")
     if args.out:
-        import cv2
-
-        from . import draw
+        from . import draw, images
         from .detect import Detection
 
         found = [Detection(tuple(d["box"]), d["label"], d["score"]) for d in result["detections"]]
-        picture = draw.boxes(_read_image(args.image), found, classes)
-        if not cv2.imwrite(args.out, picture):
-            raise ValueError(f"could not write {args.out}")
+        # the server took the image: so does the drawing, even past this machine's default limit
+        image = images.read(args.image, max(MAX_PIXELS, reply.image_width * reply.image_height))
+        _write_picture(args.out, draw.boxes(image, found, classes))
     return 0
 
 
@@ -443,13 +543,63 @@ HANDLERS = {"train": _train, "detect": _detect, "eval": _eval, "data": _data, "b
             "serve": _serve, "client": _client, "demo": _demo}
 
 
+def _debug():
+    return os.environ.get("DETECTOR_DEBUG", "") not in ("", "0")
+
+
+def _one_line(text):
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _message(error):
+    """An exception's message on one line."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return _one_line(f"{error.filename}: {error.strerror}")
+    return _one_line(error) or type(error).__name__
+
+
+def _rpc_status(error):
+    """"CODE: details" of a gRPC error, or None for any other exception."""
+    grpc = sys.modules.get("grpc")
+    if grpc is None or not isinstance(error, grpc.RpcError) or not callable(getattr(error, "code", None)):
+        return None
+    return f"{error.code().name}: {error.details()}"
+
+
+def _fail(status, line):
+    print(line, file=sys.stderr)
+    sys.exit(status)
+
+
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run the command line (``argv`` without the program's name); return its exit status.
+    Errors end in :class:`SystemExit` after one line on stderr."""
+    # gRPC's C core logs handshake failures and the like on stderr, beside the one line we print
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
+        args = _parser().parse_args(argv)
         return HANDLERS[args.command](args)
+    except KeyboardInterrupt:
+        _fail(130, "detector: interrupted")
+    except BrokenPipeError:
+        # the reader of stdout went away (| head): nothing more to say, and nothing to flush
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        sys.exit(1)
     except (ValueError, TypeError, OSError) as error:
-        parser.exit(2, f"detector: error: {error}\n")
+        if _debug():
+            raise
+        _fail(2, f"detector: error: {_message(error)}")
+    except Exception as error:  # the last resort: still one line, and the way to see more
+        if _debug():
+            raise
+        status = _rpc_status(error)
+        if status is not None:
+            _fail(1, f"detector: error: {_one_line(status)}")
+        _fail(1, f"detector: internal error: {type(error).__name__}: {_message(error)}; "
+                 "set DETECTOR_DEBUG=1 for the traceback")
 
 
 if __name__ == "__main__":

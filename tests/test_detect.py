@@ -152,7 +152,7 @@ def test_detect_command_writes_json_pictures_and_coco(tmp_path, capsys):
     assert main(["detect", str(path), "--json", "--out", str(out), "--heatmap", str(heat),
                  "--coco-json", str(coco), "--image-id", "7"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["size"] == [150, 200] and printed["detections"]
+    assert printed["image_size"] == {"width": 200, "height": 150} and printed["detections"]
     assert cv2.imread(str(out)).shape == (150, 200, 3)
     heat_picture = cv2.imread(str(heat))
     assert heat_picture.shape[0] > 150 and heat_picture.shape[1] > 200  # a title above, a colour bar beside
@@ -176,4 +176,5 @@ def test_unreadable_image_is_a_clear_command_error(tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(SystemExit) as exit_:
         main(["detect", str(tmp_path / "bad.png")])
-    assert exit_.value.code == 2 and "cannot read an image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "bad.png: the bytes are not a PNG" in err and len(err.splitlines()) == 1

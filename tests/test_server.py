@@ -342,7 +342,7 @@ def test_client_command(server, tmp_path, capsys):
     cv2.imwrite(str(path), colour)
     assert main(["client", str(path), "--addr", server.address, "--json", "--out", str(tmp_path / "b.png")]) == 0
     reply = json.loads(capsys.readouterr().out)
-    assert reply["image_size"] == [120, 160] and reply["served_by"] == server.address
+    assert reply["image_size"] == {"width": 160, "height": 120} and reply["served_by"] == server.address
     picture = cv2.imread(str(tmp_path / "b.png"))
     assert picture.shape == (120, 160, 3) and np.median(picture[:, :, 2]) == 255 > np.median(picture[:, :, 1])
 

@@ -6,6 +6,9 @@ drift of the machine's speed during the run affects both sides. Convolution and 
 layers also get the rate NumPy reaches on the very GEMMs of that layer when the im2col
 matrix is given for free: the ceiling of any im2col + BLAS implementation. Max pooling
 is compared with NumPy's reshape-and-max trick.
+
+The JSON keeps the vocabulary of :mod:`detector.report_json`: durations in milliseconds under
+keys ending in ``_ms``.
 """
 import json
 import statistics
@@ -60,8 +63,10 @@ def _conv_case(shape, k, f, pad, rng):
     name = f"conv {shape} {k}x{f}x{f}" + (f" pad {pad}" if pad else "")
     return {
         "name": name, "input_channels": c,
-        "forward": {"ms": fwd * 1e3, "gflops": flops / fwd / 1e9, "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
-        "backward": {"ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9, "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
+        "forward": {"median_ms": fwd * 1e3, "gflops": flops / fwd / 1e9,
+                    "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
+        "backward": {"median_ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9,
+                     "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
     }
 
 
@@ -75,8 +80,9 @@ def _pool_case(rng):
     trick = median_seconds(lambda: x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5)))
     return {
         "name": f"max-pool 2x2 {POOL_CASE}",
-        "forward": {"ms": fwd * 1e3, "numpy_reshape_max_ms": trick * 1e3, "speedup_vs_numpy": trick / fwd},
-        "backward": {"ms": bwd * 1e3},
+        "forward": {"median_ms": fwd * 1e3, "numpy_reshape_max_ms": trick * 1e3,
+                    "speedup_vs_numpy": trick / fwd},
+        "backward": {"median_ms": bwd * 1e3},
     }
 
 
@@ -94,8 +100,10 @@ def _linear_case(rng):
     np_bwd = median_seconds(lambda: (dout @ w, dout.T @ x, dout.sum(0)))
     return {
         "name": f"linear ({n},{d})->{m}",
-        "forward": {"ms": fwd * 1e3, "gflops": flops / fwd / 1e9, "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
-        "backward": {"ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9, "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
+        "forward": {"median_ms": fwd * 1e3, "gflops": flops / fwd / 1e9,
+                    "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
+        "backward": {"median_ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9,
+                     "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
     }
 
 
@@ -150,7 +158,7 @@ def format_table(result):
         for i, pass_ in enumerate(("forward", "backward")):
             r = case[pass_]
             label = case["name"] if i == 0 else ""
-            row = f"{label:<38}{pass_[:3]:<6}{r['ms']:>9.3f}"
+            row = f"{label:<38}{pass_[:3]:<6}{r['median_ms']:>9.3f}"
             if "gflops" in r:
                 row += f"{r['gflops']:>10.1f}{r['ratio_to_sgemm']:>8.2f}"
                 row += f"{r['gflops'] / r['numpy_same_gemm_gflops']:>19.2f}"

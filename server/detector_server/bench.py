@@ -1,8 +1,13 @@
 """``detector bench serve``: served throughput and latency under concurrent load, beside the
-in-process throughput of detect on the same images."""
+in-process throughput of detect on the same images.
+
+The JSON keeps the vocabulary of :mod:`detector.report_json`: ``image_size`` as
+``{"width", "height"}``, durations in milliseconds under keys ending in ``_ms``.
+"""
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -11,19 +16,28 @@ import cv2
 import grpc
 
 import detector
+from detector.report_json import size_json
 
 from .client import DetectorClient
 
 
 def _start_server_process(workers=None):
+    """A ``detector serve`` process on a free loopback port, and its address. Its log goes to
+    a file, not a pipe nobody reads (which would fill and stall the server)."""
     command = [sys.executable, "-m", "detector", "serve", "--port", "0"]
     if workers:
         command += ["--workers", str(workers)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     line = process.stdout.readline()
     if not line.startswith("listening on "):
         process.kill()
-        raise RuntimeError(f"the server did not start: {line!r}")
+        process.wait()
+        log.seek(0)
+        said = [text.strip() for text in log if text.strip()]
+        log.close()
+        raise OSError(f"the benchmark's server did not start: {said[-1] if said else line.strip() or 'no output'}")
+    process.log = log
     return process, line.split()[-1]
 
 
@@ -75,12 +89,14 @@ def run(address=None, concurrency=(1, 4, 16), requests=200, mode="fcn", size=(64
         if process is not None:
             process.terminate()
             process.wait(30)
-    return {"address": address, "mode": mode, "size": list(size), "in_process_rps": in_process,
+            process.log.close()
+    return {"address": address, "mode": mode, "image_size": size_json(*size), "in_process_rps": in_process,
             "in_process_threads": detector.get_num_threads(), "runs": rows}
 
 
 def format_table(result):
-    lines = [f"detector bench serve: {result['mode']} on {result['size'][0]}x{result['size'][1]} PNG scenes, "
+    size = result["image_size"]
+    lines = [f"detector bench serve: {result['mode']} on {size['width']}x{size['height']} PNG scenes, "
              f"server {result['address']}",
              f"in-process detect: {result['in_process_rps']:.2f} images/s "
              f"(one call at a time, {result['in_process_threads']} kernel threads)", "",
@@ -93,10 +109,10 @@ def format_table(result):
 
 
 def main(args):
-    concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    if min(concurrency) < 1 or args.requests < 1:
+    """``detector bench serve``: ``args.concurrency`` a tuple of counts and ``args.size``
+    (width, height), as the parser gives them."""
+    if min(args.concurrency) < 1 or args.requests < 1:
         raise ValueError("concurrency and requests must be at least 1")
-    result = run(args.addr, concurrency, args.requests, args.mode, (width, height))
+    result = run(args.addr, args.concurrency, args.requests, args.mode, args.size)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0

@@ -1,8 +1,8 @@
 """A small client for programs: ``DetectorClient(address).detect(image)``."""
-import json
-
 import grpc
 import numpy as np
+
+from detector.report_json import detections_json
 
 from . import detector_pb2 as pb
 from . import detector_pb2_grpc
@@ -70,10 +70,11 @@ def score_maps(reply):
 
 
 def reply_to_dict(reply):
-    out = {"detections": [{"box": [d.box.x0, d.box.y0, d.box.x1, d.box.y1], "label": d.label, "score": d.score}
-                          for d in reply.detections],
-           "image_size": [reply.image_height, reply.image_width], "served_by": reply.served_by,
-           "truncated": reply.truncated,
-           "model": {"name": reply.model.name, "checksum": reply.model.checksum},
-           "timings_ms": {f.name: getattr(reply.timings, f.name) for f in pb.Timings.DESCRIPTOR.fields}}
-    return json.loads(json.dumps(out))
+    """The reply as JSON-ready data, in the vocabulary of ``detector detect --json`` (see
+    :mod:`detector.report_json`), plus ``served_by`` and ``timings_ms.queue_ms``."""
+    timings = {f.name: getattr(reply.timings, f.name) for f in pb.Timings.DESCRIPTOR.fields}
+    found = (((d.box.x0, d.box.y0, d.box.x1, d.box.y1), d.label, d.score) for d in reply.detections)
+    out = detections_json(found, reply.image_width, reply.image_height, reply.truncated, timings)
+    out["model"] = {"name": reply.model.name, "checksum": reply.model.checksum}
+    out["served_by"] = reply.served_by
+    return out
