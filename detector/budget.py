@@ -119,8 +119,8 @@ class Budget:
         """Raise :class:`OverBudget` when ``cost`` passes a limit."""
         if cost.memory_bytes > self.max_memory_mb * MB:
             raise OverBudget(f"the request needs about {cost.memory_bytes / MB:,.0f} MB ({cost.describe()}); "
-                             f"the limit is {self.max_memory_mb:,.0f} MB: lower the scales, raise min_size, "
+                             f"the limit is {self.max_memory_mb:,g} MB: lower the scales, raise min_size, "
                              "leave out the score maps or send a smaller image")
         if cost.gflops > self.max_gflops:
             raise OverBudget(f"the request needs {cost.gflops:,.0f} GFLOP ({cost.describe()}); the limit is "
-                             f"{self.max_gflops:,.0f}: raise min_size, send fewer scales or a smaller image")
+                             f"{self.max_gflops:,g}: raise min_size, send fewer scales or a smaller image")

@@ -15,22 +15,26 @@ from detector.detect import DetectOptions, cost, detect
 
 NET = detector.load_model()
 
-# One detection in a fresh process: its peak resident memory over the resident memory just
-# before, beside the estimate. ru_maxrss is the process's peak, so the image is made and
-# the kernels warmed up first, on far less memory than the run itself takes.
+# One detection in a fresh process: its peak resident memory (VmHWM, which belongs to the
+# address space, unlike ru_maxrss, which a child inherits from the parent it forked from)
+# over the resident memory just before, beside the estimate. Writing 5 to clear_refs resets
+# the peak to the resident size, after the image is made and the kernels are warmed up.
 MEASURE = """
-import json, resource, sys
+import json, sys
 import numpy as np
 import detector
 from detector.detect import DetectOptions, cost, detect
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
 shape, options = json.loads(sys.argv[1]), DetectOptions(**json.loads(sys.argv[2]))
 net = detector.load_model()
 image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
 detect(np.zeros((40, 40), np.uint8), net, options.replace(scales=None, stride=None))
-resident = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+resident = status("VmRSS:")
 detect(image, net, options)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"measured": peak - resident, "estimate": cost(shape, net, options).memory_bytes}))
+print(json.dumps({"measured": status("VmHWM:") - resident, "estimate": cost(shape, net, options).memory_bytes}))
 """
 
 
