@@ -203,6 +203,12 @@ def _parser():
     bserve.add_argument("--mode", choices=("fcn", "sliding"), default="fcn", help="detection mode")
     bserve.add_argument("--size", type=arg.image_size, default="640x480", help="image size WxH")
     bserve.add_argument("--json", action="store_true", help="print one JSON object")
+    overload = _command(targets, "overload", "health checks under overload, shutdown times and peak memory "
+                                             "of a real server process")
+    overload.add_argument("--clients", type=arg.count, default=64, help="clients sending Detect calls back to back")
+    overload.add_argument("--probes", type=arg.count, default=300, help="health checks timed under that load")
+    overload.add_argument("--in-flight", type=arg.count, default=8, help="Detect calls running at SIGTERM")
+    overload.add_argument("--json", action="store_true", help="print one JSON object")
 
     serve = _command(commands, "serve", "serve detection over gRPC (detector.v1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
@@ -455,10 +461,10 @@ def _data(args):
 
 
 def _bench(args):
-    if args.target == "serve":
-        from detector_server import bench
+    if args.target in ("serve", "overload"):
+        from detector_server import bench, overload
 
-        return bench.main(args)
+        return (bench if args.target == "serve" else overload).main(args)
     from .bench import detect, layers
 
     if args.target == "detect":
