@@ -3,6 +3,7 @@ import filecmp
 import json
 import re
 import shutil
+import asyncio
 import struct
 import subprocess
 import threading
@@ -22,6 +23,7 @@ from detector.datasets import digits
 from detector_server import DetectorClient, score_maps, start_server
 from detector_server import detector_pb2 as pb
 from detector_server import protoc
+from polling import eventually
 
 NET = detector.load_model()
 SMALL = digits.scene(21, size=(160, 120))[0]
@@ -159,16 +161,6 @@ def test_cancelled_call_stops_the_work(one_worker):
         assert time.perf_counter() - start < 20
 
 
-def eventually(condition, seconds=10.0):
-    """Poll ``condition()`` until it holds (no fixed sleeps: CI machines are loaded)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def answers(client):
     try:
         return client.detect(SMALL, timeout=20).image_width == 160
@@ -179,7 +171,7 @@ def answers(client):
 
 
 @pytest.fixture
-def gated_server(monkeypatch):
+def gated_server(monkeypatch, request):
     """A server of two workers and two places whose Detect calls wait for ``release`` once
     they have started: ``started`` counts them, so a test knows when both places are taken
     without racing the clock."""
@@ -195,7 +187,10 @@ def gated_server(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(servicer, "detect", gated)
-    running = start_server(port=0, workers=2, max_concurrent=2)
+    # max_memory_mb: room for one small call's estimate (~100 MB) at a time, for the test
+    # of the shared memory budget; the others take one call per place
+    memory = 150 if "memory_budget" in request.node.name else 1024
+    running = start_server(port=0, workers=2, max_concurrent=2, max_memory_mb=memory)
     running.started, running.release = started, release
     yield running
     release.set()
@@ -327,9 +322,14 @@ def test_every_call_is_logged(server, client, caplog):
     client.detect(SMALL, mode="sliding")
     with pytest.raises(grpc.RpcError):
         client.stub.Detect(pb.DetectRequest(encoded=b"junk"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "detector_server"]
-    assert any("/detector.v1.Detector/Detect" in m and "mode=SLIDING status=OK ms=" in m for m in lines)
-    assert any("status=INVALID_ARGUMENT" in m for m in lines)
+    # the server logs once the call has ended, which may be just after the client knows
+    assert eventually(lambda: any("/detector.v1.Detector/Detect" in m and "mode=SLIDING status=OK ms=" in m
+                                  for m in logged(caplog)))
+    assert eventually(lambda: any("status=INVALID_ARGUMENT" in m for m in logged(caplog)))
+
+
+def logged(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "detector_server"]
 
 
 def test_client_command(server, tmp_path, capsys):
@@ -438,53 +438,90 @@ def test_the_log_names_unknown_modes_and_expired_deadlines(server, client, caplo
     caplog.set_level("INFO", logger="detector_server")
     with pytest.raises(grpc.RpcError):
         client.stub.Detect(pb.DetectRequest(encoded=png(SMALL), mode=7))
-    lines = [r.getMessage() for r in caplog.records if r.name == "detector_server"]
-    assert any("mode=unknown(7) status=INVALID_ARGUMENT" in m for m in lines), lines
+    assert eventually(lambda: any("mode=unknown(7) status=INVALID_ARGUMENT" in m for m in logged(caplog)))
 
 
 def test_admission_refuses_past_its_limit_and_runs_in_arrival_order():
     from detector_server.admission import Admission, Busy
 
-    admission = Admission(running=1, limit=3)
-    order, entered = [], []
-    first_running, release = threading.Event(), threading.Event()
+    async def scenario():
+        admission, order = Admission(running=1, limit=3, memory=100), []
+        release = asyncio.Event()
 
-    def call(name):
-        with admission.enter():
-            entered.append(name)
-            with admission.slot(lambda: None, poll=0.01):
+        async def call(name):
+            admission.enter()
+            try:
+                await admission.acquire(10)
                 order.append(name)
                 if name == "a":
-                    first_running.set()
-                    release.wait(30)
+                    await release.wait()
+                admission.release(10)
+            finally:
+                admission.leave()
 
-    threads = [threading.Thread(target=call, args=("a",))]
-    threads[0].start()
-    assert first_running.wait(30)
-    for name in ("b", "c"):
-        threads.append(threading.Thread(target=call, args=(name,)))
-        threads[-1].start()
-        assert eventually(lambda: name in entered)  # b queues before c
-    with pytest.raises(Busy, match="3 detection calls are running or queued"):
-        with admission.enter():
-            pass
-    release.set()
-    for t in threads:
-        t.join(30)
-    assert order == ["a", "b", "c"] and admission.inside == 0
+        tasks = [asyncio.create_task(call(name)) for name in "abc"]
+        await asyncio.sleep(0)  # all three have entered: a runs, b and c wait in that order
+        assert (admission.inside, admission.active, order) == (3, 1, ["a"])
+        with pytest.raises(Busy, match="3 detection calls are running or queued, its limit is 3"):
+            admission.enter()
+        release.set()
+        await asyncio.gather(*tasks)
+        return order, admission
+
+    order, admission = asyncio.run(scenario())
+    assert order == ["a", "b", "c"] and (admission.inside, admission.active, admission.used) == (0, 0, 0)
 
 
-def test_a_waiting_call_gives_up_when_its_check_says_so():
+def test_calls_running_at_once_share_the_memory_budget():
     from detector_server.admission import Admission
 
-    admission = Admission(running=1, limit=2)
-    with admission.enter(), admission.slot(lambda: None):
-        def expired():
-            raise TimeoutError("deadline")
+    async def scenario():
+        admission = Admission(running=2, limit=8, memory=100)
+        await admission.acquire(70)  # runs
+        waiting = asyncio.create_task(admission.acquire(60))  # 70 + 60 > 100: waits
+        small = asyncio.create_task(admission.acquire(20))  # would fit, but arrived later: waits its turn
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and not small.done() and admission.active == 1
+        admission.release(70)
+        await asyncio.wait_for(asyncio.gather(waiting, small), 10)  # 60 + 20 fit together
+        assert (admission.active, admission.used) == (2, 80)
+        big = asyncio.create_task(admission.acquire(500))  # over the budget: runs once alone
+        await asyncio.sleep(0.05)
+        assert not big.done()
+        admission.release(60)
+        admission.release(20)
+        await asyncio.wait_for(big, 10)
+        assert (admission.active, admission.used) == (1, 500)
 
-        with admission.enter(), pytest.raises(TimeoutError):
-            with admission.slot(expired, poll=0.01):
-                pass
-    assert admission.inside == 0
-    with admission.enter(), admission.slot(lambda: None):  # the slot was given back
-        pass
+    asyncio.run(scenario())
+
+
+def test_a_waiting_call_gives_up_at_its_deadline_and_gives_its_turn_away():
+    from detector_server.admission import Admission
+
+    async def scenario():
+        admission = Admission(running=1, limit=4, memory=100)
+        await admission.acquire(10)
+        with pytest.raises(asyncio.TimeoutError):
+            await admission.acquire(10, timeout=0.05)
+        cancelled = asyncio.create_task(admission.acquire(10))
+        later = asyncio.create_task(admission.acquire(10))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()  # the client went away
+        admission.release(10)
+        await asyncio.wait_for(later, 10)  # the next in line got the place
+        assert (admission.active, len(admission._queue)) == (1, 0)
+
+    asyncio.run(scenario())
+
+
+def test_two_calls_that_together_pass_the_memory_budget_run_one_after_the_other(gated_server):
+    """With room for each alone but not both, the second waits for the first."""
+    with DetectorClient(gated_server.address) as c:
+        first = c.stub.Detect.future(c.request(SMALL), timeout=60)
+        assert eventually(lambda: len(gated_server.started) == 1, 30)
+        second = c.stub.Detect.future(c.request(SMALL), timeout=60)
+        assert eventually(lambda: gated_server.servicer.admission.inside == 2)
+        assert len(gated_server.started) == 1  # both would fit the two workers, not the memory
+        gated_server.release.set()
+        assert first.result().image_width == second.result().image_width == 160

@@ -1,10 +1,14 @@
 """Server set-up: the servicer, health, reflection, limits, TLS, a token, and draining.
 
-Threads: the kernels release the GIL, so worker threads run in parallel. Each request runs
-the kernels on ``threads`` OpenMP threads, and ``workers`` requests run at once. By default
-workers = the cores and threads = 1, so a full server uses each core once: requests share
-the cores instead of queueing behind one another, and nothing is oversubscribed.
+The server is grpc's asyncio server, on an event loop in a thread of its own: a call holds
+no thread while its request arrives, so slow or half-sent requests cannot take the threads
+that health checks need, and health checks, reflection and GetModelInfo are answered on the
+loop at once. Detection runs on ``workers`` threads of its own; the kernels release the GIL,
+so they run in parallel, each on ``threads`` OpenMP threads. By default workers = the cores
+and threads = 1, so a full server uses each core once: requests share the cores instead of
+queueing behind one another, and nothing is oversubscribed.
 """
+import asyncio
 import errno
 import hashlib
 import hmac
@@ -16,7 +20,6 @@ import ssl
 import tempfile
 import threading
 import time
-from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,9 +32,8 @@ from detector.threads import set_num_threads
 from . import detector_pb2 as pb
 from . import detector_pb2_grpc
 from .admission import Admission
-from .servicer import DetectorServicer
+from .servicer import SERVICE, DetectorServicer, add_to_server
 
-SERVICE = pb.DESCRIPTOR.services_by_name["Detector"].full_name  # "detector.v1.Detector"
 log = logging.getLogger("detector_server")
 
 # The defaults fit Kubernetes' 30 s termination grace: 1 s of notice, then calls in flight,
@@ -40,47 +42,52 @@ DEFAULT_MAX_REQUEST_SECONDS = 25.0
 DEFAULT_GRACE = 25.0
 DEFAULT_NOTICE = 1.0
 MAX_MESSAGE_MB = 2047  # gRPC's message limits are 32-bit byte counts
-CHEAP_THREADS = 16  # threads beyond Detect's for health checks, reflection and GetModelInfo
-CHEAP_CALLS = 256  # calls beyond Detect's that gRPC takes in at once
+# HTTP/2 streams one connection may hold open: with many more, one client could hold a
+# great many calls half-sent
+MAX_STREAMS_PER_CONNECTION = 128
 
 
-class TokenAuth(grpc.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED unless the call carries 'authorization: Bearer <token>'. Health
     checks need no token, so load balancers can probe."""
 
     def __init__(self, token):
         self._expected = f"Bearer {token}".encode()
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "missing or wrong token: send metadata 'authorization: Bearer <token>'")
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or wrong token: send metadata 'authorization: Bearer <token>'")
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
-    def intercept_service(self, continuation, details):
+    async def intercept_service(self, continuation, details):
         if details.method.startswith("/grpc.health.v1."):
-            return continuation(details)
+            return await continuation(details)
         sent = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(str(sent).encode(), self._expected):
-            return continuation(details)
+            return await continuation(details)
         return self._deny
 
 
-class RequestLog(grpc.ServerInterceptor):
+class RequestLog(grpc.aio.ServerInterceptor):
     """One line per unary call: method, request size, mode, status, milliseconds."""
 
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
         inner, method = handler.unary_unary, details.method
 
-        def logged(request, context):
+        async def logged(request, context):
             start = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
-                return inner(request, context)
+                return await inner(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away
+                raise
             finally:
-                code = context.code() or grpc.StatusCode.OK
+                code = context.code() or code
                 log.info("%s bytes=%d mode=%s status=%s ms=%.1f", method, request.ByteSize(), _mode_name(request),
                          getattr(code, "name", code), (time.perf_counter() - start) * 1e3)
 
@@ -95,33 +102,95 @@ def _mode_name(request):
     return pb.Mode.Name(request.mode) if request.mode in pb.Mode.values() else f"unknown({request.mode})"
 
 
-class Health(health.HealthServicer):
-    """The standard health service, whose Watch streams can be ended: a server draining for
-    shutdown must not wait for clients that never hang up."""
+class Health(health_pb2_grpc.HealthServicer):
+    """The standard health service (grpc.health.v1) on the event loop, whose Watch streams
+    end when the server drains: a server shutting down must not wait for clients that never
+    hang up."""
 
-    def close_watches(self):
-        with self._lock:
-            callbacks = [c for group in self._send_response_callbacks.values() for c in group]
-        for callback in callbacks:
-            callback(None)  # ends the stream (grpcio's non-blocking Watch)
+    def __init__(self):
+        self._status = {}
+        self._changed = asyncio.Condition()
+        self._closing = False
+
+    async def Check(self, request, context):
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:100]!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request, context):
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        last = None
+        while True:
+            status = self._status.get(request.service, unknown)
+            if status != last:  # never holding the lock while a slow client reads
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            if self._closing:
+                return
+            async with self._changed:
+                if self._status.get(request.service, unknown) == last and not self._closing:
+                    await self._changed.wait()
+
+    async def set(self, service, status):
+        async with self._changed:
+            self._status[service] = status
+            self._changed.notify_all()
+
+    async def not_serving(self):
+        """Every service NOT_SERVING, for good."""
+        async with self._changed:
+            for service in self._status:
+                self._status[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+            self._changed.notify_all()
+
+    async def close_watches(self):
+        async with self._changed:
+            self._closing = True
+            self._changed.notify_all()
 
 
 class RunningServer:
-    """A started server: ``address``, and ``stop(grace)`` that drains it."""
+    """A started server, on an event loop in a thread of its own: ``address``, and
+    ``stop(grace)`` that drains it."""
 
-    def __init__(self, server, health_servicer, address):
-        self.server, self.health, self.address = server, health_servicer, address
+    def __init__(self, loop, thread, server, health_servicer, servicer, address):
+        self.loop, self.thread, self.server = loop, thread, server
+        self.health, self.servicer, self.address = health_servicer, servicer, address
+        self.stopped = threading.Event()
+        self._stopping = False
 
     def stop(self, grace=DEFAULT_GRACE, notice=0.0):
         """Drain: NOT_SERVING at once, so health-checking balancers move away during
         ``notice`` seconds; then Watch streams end, new calls are refused and calls in
         flight get ``grace`` seconds to finish. Returns an event set when the server has
         stopped: as soon as the last call ends."""
-        self.health.enter_graceful_shutdown()
-        if notice:
-            time.sleep(notice)
-        self.health.close_watches()
-        return self.server.stop(grace)
+        if not self._stopping:
+            self._stopping = True
+            asyncio.run_coroutine_threadsafe(self._drain(grace, notice), self.loop)
+        return self.stopped
+
+    async def _drain(self, grace, notice):
+        try:
+            await self.health.not_serving()
+            if notice:
+                await asyncio.sleep(notice)
+            await self.health.close_watches()
+            await self.server.stop(grace)
+        finally:
+            self.loop.stop()
+
+
+def _run_loop(loop, running):
+    """The server's thread: run the loop until the drain stops it, then clean up."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        if running:
+            running[0].servicer.workers.shutdown(wait=True)
+            running[0].stopped.set()
+        loop.close()
 
 
 def _cores():
@@ -173,9 +242,11 @@ def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=Non
     ``port=0`` takes a free port. ``workers`` Detect calls run at once, each on ``threads``
     kernel threads; ``max_concurrent`` may be in the server at once (running or queued:
     default 8 x workers, a short queue, never an unbounded one) and one more is answered
-    RESOURCE_EXHAUSTED. Health checks, reflection and GetModelInfo have threads of their
-    own and never wait behind Detect. A call over ``max_pixels``, ``max_gflops`` or
-    ``max_memory_mb`` (see :class:`detector.budget.Budget`) is refused before any work; no
+    RESOURCE_EXHAUSTED. The server runs on an asyncio event loop in a thread of its own:
+    health checks, reflection and GetModelInfo are answered there and never wait behind
+    Detect, whose work runs on ``workers`` threads. A call over ``max_pixels``,
+    ``max_gflops`` or ``max_memory_mb`` (see :class:`detector.budget.Budget`) is refused
+    before any work, and the calls running at once share ``max_memory_mb`` between them; no
     call runs longer than ``max_request_seconds``. ``tls`` is (certificate chain PEM bytes,
     private key PEM bytes).
     """
@@ -197,18 +268,32 @@ def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=Non
     with open(path, "rb") as f:
         identity = {"name": os.path.basename(path), "checksum": hashlib.sha256(f.read()).hexdigest()}
     limit = int(max_message_mb * 2**20)
-    admission = Admission(min(workers, max_concurrent), max_concurrent)
+    admission = Admission(min(workers, max_concurrent), max_concurrent, int(max_memory_mb * 2**20))
     servicer = DetectorServicer(net, identity, budget, admission, limit, max_request_seconds)
+    loop, holder = asyncio.new_event_loop(), []
+    thread = threading.Thread(target=_run_loop, args=(loop, holder), name="detector-server", daemon=True)
+    thread.start()
+    try:
+        server, health_servicer, bound = asyncio.run_coroutine_threadsafe(
+            _start(servicer, host, port, limit, token, tls), loop).result()
+    except BaseException:
+        servicer.workers.shutdown()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        raise
+    servicer.served_by = f"{host}:{bound}"
+    holder.append(RunningServer(loop, thread, server, health_servicer, servicer, servicer.served_by))
+    return holder[0]
+
+
+async def _start(servicer, host, port, limit, token, tls):
+    """The aio server, started on the running loop: (server, health servicer, port)."""
     interceptors = [RequestLog()] + ([TokenAuth(token)] if token else [])
-    # Detect calls hold at most max_concurrent threads; the others are for the cheap calls.
-    # gRPC's own cap on calls is far above Detect's, so that it never refuses a health check.
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_concurrent + CHEAP_THREADS, thread_name_prefix="detector"),
-        interceptors=interceptors, maximum_concurrent_rpcs=max_concurrent + CHEAP_CALLS,
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                 ("grpc.so_reuseport", 0)])
-    detector_pb2_grpc.add_DetectorServicer_to_server(servicer, server)
-    health_servicer = Health(experimental_non_blocking=True)
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)])
+    add_to_server(servicer, server)
+    health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     target = f"{host}:{port}"
@@ -219,11 +304,10 @@ def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=Non
         raise OSError(f"cannot listen on {target}: {error}") from None
     if not bound:
         raise OSError(f"cannot listen on {target}")
-    servicer.served_by = f"{host}:{bound}"
-    server.start()
+    await server.start()
     for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, servicer.served_by)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer, bound
 
 
 def serve(grace=DEFAULT_GRACE, notice=DEFAULT_NOTICE, **options):

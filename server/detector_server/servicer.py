@@ -1,12 +1,16 @@
 """The Detector servicer: protobuf in, detector.detect, protobuf out.
 
-Every Detect call is checked before any work: its options, its image's header against the
-pixel limit, the estimated work and memory against the :class:`detector.budget.Budget`, and
-the score maps it asks for against the send limit. Then it waits for a running slot
-(:mod:`.admission`), decodes and detects, checking between levels and tiles that its
-deadline has not passed: the client's, or the server's ``max_request_seconds`` ceiling,
-whichever comes first.
+It runs on the server's asyncio event loop, so that a call costs no thread until it has
+its whole request and a place to run: a client that sends half a message, or holds many
+calls open, cannot starve the health checks. Every Detect call is checked before any work:
+its options, its image's header against the pixel limit, the estimated work and memory
+against the :class:`detector.budget.Budget`, and the score maps it asks for against the send
+limit. It then waits for a place to run (:mod:`.admission`), and decodes and detects on a
+worker thread, which checks between levels and tiles that the call's deadline has not
+passed (the client's, or the server's ``max_request_seconds`` ceiling, whichever comes
+first) and that the client is still there.
 """
+import asyncio
 import json
 import os
 import threading
@@ -15,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from detector.budget import OverBudget
 from detector.detect import DetectOptions, cost, detect
@@ -24,6 +29,7 @@ from . import detector_pb2_grpc
 from .admission import Busy
 from .images import BadImage, ImageTooLarge, RequestImage
 
+SERVICE = pb.DESCRIPTOR.services_by_name["Detector"].full_name  # "detector.v1.Detector"
 MODES = {pb.MODE_UNSPECIFIED: "fcn", pb.FCN: "fcn", pb.SLIDING: "sliding"}
 # a reply's bytes beside its score maps: detections, timings, identity
 REPLY_RESERVE = 64 * 1024
@@ -40,21 +46,31 @@ class Stop(Exception):
 
 
 class Deadline:
-    """``check()`` raises :class:`Stop` once the client's deadline or the server's ceiling
-    of ``limit`` seconds from now has passed, or the client has gone away."""
+    """The end of a call: the client's deadline or the server's ceiling of ``limit``
+    seconds, whichever comes first. ``check()``, safe from any thread, raises :class:`Stop`
+    once it has passed or :meth:`cancel` was called (the client went away)."""
 
-    def __init__(self, context, limit):
-        self.context, self.limit = context, limit
-        self.end = time.monotonic() + limit
+    def __init__(self, client_remaining, limit):
+        now = time.monotonic()
+        self.limit, self.ceiling = limit, now + limit
+        self.client = None if client_remaining is None else now + client_remaining
+        self.cancelled = threading.Event()
+
+    def remaining(self):
+        end = self.ceiling if self.client is None else min(self.ceiling, self.client)
+        return end - time.monotonic()
+
+    def cancel(self):
+        self.cancelled.set()
 
     def check(self):
-        remaining = self.context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        now = time.monotonic()
+        if self.client is not None and now >= self.client:
             raise Stop(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline expired: the work was stopped")
-        if time.monotonic() >= self.end:
+        if now >= self.ceiling:
             raise Stop(grpc.StatusCode.DEADLINE_EXCEEDED,
                        f"the call ran past the server's limit of {self.limit:g} s per call: the work was stopped")
-        if not self.context.is_active():
+        if self.cancelled.is_set():
             raise Stop(grpc.StatusCode.CANCELLED, "the call was cancelled: the work was stopped")
 
 
@@ -81,6 +97,36 @@ def detect_options(request):
     return DetectOptions(**options)
 
 
+class Undecodable:
+    """A request whose bytes are not the protobuf message its method takes: the handler
+    answers INVALID_ARGUMENT (grpcio would answer UNKNOWN with a parser's traceback text)."""
+
+    def __init__(self, size, name):
+        self.size = size
+        self.message = f"the request ({size:,} bytes) is not a valid {name} protobuf message"
+
+    def ByteSize(self):
+        return self.size
+
+
+def _lenient(message_type):
+    def parse(data):
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable(len(data), message_type.DESCRIPTOR.full_name)
+    return parse
+
+
+def add_to_server(servicer, server):
+    """Register the Detector service with lenient request parsers (see :class:`Undecodable`)."""
+    methods = {"Detect": (pb.DetectRequest, pb.DetectReply), "GetModelInfo": (pb.ModelInfoRequest, pb.ModelInfo)}
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=_lenient(a),
+                                                          response_serializer=b.SerializeToString)
+                for name, (a, b) in methods.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
 def _lower_priority():
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DETECT_NICENESS)
@@ -97,47 +143,64 @@ def _bounded(error):
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def __init__(self, net, identity, budget, admission, max_send_bytes, max_request_seconds):
         self.net, self.budget, self.admission = net, budget, admission
-        # Detection runs on threads of its own at a lower CPU priority: on a saturated
-        # machine the threads answering health checks and metadata get a core at once
-        self.workers = ThreadPoolExecutor(admission.running, "detect", initializer=_lower_priority)
         self.max_send_bytes, self.max_request_seconds = max_send_bytes, max_request_seconds
+        # Detection runs on threads of its own at a lower CPU priority: on a saturated
+        # machine the event loop answering health checks and metadata gets a core at once
+        self.workers = ThreadPoolExecutor(admission.running, "detect", initializer=_lower_priority)
         self.identity = pb.ModelIdentity(**identity)
         self.served_by = ""
 
-    def Detect(self, request, context):
+    async def Detect(self, request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         start = time.perf_counter()
-        deadline = Deadline(context, self.max_request_seconds)
+        deadline = Deadline(context.time_remaining(), self.max_request_seconds)
+        context.add_done_callback(lambda _: deadline.cancel())
         try:
-            with self.admission.enter():
-                options, image = self._admit(request)
-                with self.admission.slot(deadline.check) as waited:
-                    begun, decoded, result = self.workers.submit(self._work, image, options, deadline).result()
+            self.admission.enter()
+            try:
+                options, image, needed = self._admit(request)
+                try:
+                    await self.admission.acquire(needed.memory_bytes, max(0.0, deadline.remaining()))
+                except asyncio.TimeoutError:
+                    deadline.check()  # names the deadline that passed
+                    raise
+                waited = time.perf_counter() - start
+                work = asyncio.get_running_loop().run_in_executor(self.workers, self._work, image, options, deadline)
+                # the place is given back when the thread is done, even if this call is cancelled first
+                work.add_done_callback(lambda _: self.admission.release(needed.memory_bytes))
+                begun, decoded, result = await asyncio.shield(work)
+            finally:
+                self.admission.leave()
         except (Busy, ImageTooLarge, OverBudget) as error:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _bounded(error))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _bounded(error))
         except Stop as stop:
-            context.abort(stop.code, str(stop))
+            await context.abort(stop.code, str(stop))
         except (BadImage, ValueError, TypeError) as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(error))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(error))
         reply = self._reply(result)
         t = result.timings
         reply.timings.CopyFrom(pb.Timings(
             decode_ms=(decoded - begun) * 1e3, pyramid_ms=t["pyramid"] * 1e3, inference_ms=t["inference"] * 1e3,
             nms_ms=t["nms"] * 1e3, total_ms=(time.perf_counter() - start) * 1e3, queue_ms=waited * 1e3))
         if reply.ByteSize() > self.max_send_bytes:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"the reply is {reply.ByteSize():,} bytes, over the server's send limit of "
-                          f"{self.max_send_bytes:,}: ask for fewer detections or no score maps")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the reply is {reply.ByteSize():,} bytes, over the server's send limit of "
+                                f"{self.max_send_bytes:,}: ask for fewer detections or no score maps")
         return reply
 
     def _work(self, image, options, deadline):
+        """Decode and detect, on a worker thread."""
         deadline.check()
         begun = time.perf_counter()
         pixels = image.decode()
         decoded = time.perf_counter()
+        deadline.check()
         return begun, decoded, detect(pixels, self.net, options, check=deadline.check)
 
     def _admit(self, request):
-        """The options and the (undecoded) image of a request, checked against the limits."""
+        """The options, the (undecoded) image and the estimated cost of a request, checked
+        against the limits."""
         options = detect_options(request)
         image = RequestImage(request, self.budget.max_pixels)
         needed = cost(image.shape, self.net, options, image.sample_bytes)
@@ -146,7 +209,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             raise OverBudget(f"the score maps would take {needed.map_bytes:,} bytes ({needed.levels} levels), "
                              f"over the server's send limit of {self.max_send_bytes:,}: ask without "
                              "score maps, for fewer scales or for a smaller image")
-        return options, image
+        return options, image, needed
 
     def _reply(self, result):
         reply = pb.DetectReply(model=self.identity, served_by=self.served_by,
@@ -162,7 +225,9 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                                  pad=level.pad)
         return reply
 
-    def GetModelInfo(self, request, context):
+    async def GetModelInfo(self, request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         net = self.net
         return pb.ModelInfo(
             model=self.identity, classes=net.classes, window_height=net.window[0], window_width=net.window[1],
