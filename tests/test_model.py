@@ -119,7 +119,8 @@ def test_priors_are_the_models_own():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(spec="fc99999999 fc2", classes=["a", "b"]), "more than the 50,000,000"),
+    (dict(spec="fc9999999 fc2", classes=["a", "b"]), "parameters .* more than the 50,000,000"),
+    (dict(spec="fc99999999 fc2", classes=["a", "b"]), "activations per window .* more than the 20,000,000"),
     (dict(spec="conv3@3x3 fc3", classes=CLASSES, background="cat"), "background class 'cat'"),
     (dict(spec="conv3@3x3 fc3", classes=CLASSES, input_shape=(0, 8, 8)), "at least 1"),
     (dict(spec="conv3@3x3 fc3", classes=CLASSES, normalisation={"mean": [0.1, 0.2], "std": 1}), "mean"),
