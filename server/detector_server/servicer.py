@@ -149,6 +149,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         self.workers = ThreadPoolExecutor(admission.running, "detect", initializer=_lower_priority)
         self.identity = pb.ModelIdentity(**identity)
         self.served_by = ""
+        self._info = None
 
     async def Detect(self, request, context):
         if isinstance(request, Undecodable):
@@ -228,9 +229,11 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     async def GetModelInfo(self, request, context):
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        net = self.net
-        return pb.ModelInfo(
-            model=self.identity, classes=net.classes, window_height=net.window[0], window_width=net.window[1],
-            stride=net.total_stride[0], spec=net.spec, metrics_json=json.dumps(net.metrics),
-            served_by=self.served_by, channels=net.channels, background=net.background,
-            object_size=net.object_size, box_aspects=net.box_aspects, box_regression=net.box_regression)
+        if self._info is None or self._info.served_by != self.served_by:  # built once: it never changes
+            net = self.net
+            self._info = pb.ModelInfo(
+                model=self.identity, classes=net.classes, window_height=net.window[0], window_width=net.window[1],
+                stride=net.total_stride[0], spec=net.spec, metrics_json=json.dumps(net.metrics),
+                served_by=self.served_by, channels=net.channels, background=net.background,
+                object_size=net.object_size, box_aspects=net.box_aspects, box_regression=net.box_regression)
+        return self._info
