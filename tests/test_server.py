@@ -231,7 +231,9 @@ def test_health_goes_not_serving_on_shutdown_and_calls_in_flight_finish():
     ask = health_pb2.HealthCheckRequest(service="detector.v1.Detector")
     assert health.Check(ask).status == health_pb2.HealthCheckResponse.SERVING
     c = DetectorClient(running.address)
-    in_flight = c.stub.Detect.future(c.request(digits.scene(26, size=(640, 480))[0], mode="sliding"), timeout=60)
+    # a few seconds of work: in flight when the drain starts, far from the 25 s ceiling
+    in_flight = c.stub.Detect.future(c.request(digits.scene(26, size=(640, 480))[0], mode="sliding", scales=[1.0]),
+                                     timeout=60)
     assert eventually(lambda: health.Check(ask).status == health_pb2.HealthCheckResponse.SERVING)
     stopping = threading.Thread(target=lambda: running.stop(grace=60, notice=2.0).wait())
     stopping.start()
@@ -358,7 +360,8 @@ def test_sigterm_drains_the_serve_command():
         line = process.stdout.readline()
         assert line.startswith("listening on "), line + process.stderr.read()
         with DetectorClient(line.split()[-1]) as c:
-            in_flight = c.stub.Detect.future(c.request(digits.scene(27, size=(640, 480))[0], mode="sliding"), timeout=120)
+            in_flight = c.stub.Detect.future(c.request(digits.scene(27, size=(640, 480))[0], mode="sliding",
+                                                       scales=[1.0]), timeout=120)
             assert eventually(lambda: c.model_info().stride == 4)
             assert not in_flight.done(), "the call must still be running when the signal comes"
             process.send_signal(signal.SIGTERM)

@@ -27,9 +27,8 @@ from . import detector_pb2_grpc
 LOAD = """
 import json, os, sys, threading, grpc
 from detector_server import detector_pb2 as pb, detector_pb2_grpc
-address, threads, nice = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-os.nice(nice)
-data = open(sys.argv[4], "rb").read()
+address, threads = sys.argv[1], int(sys.argv[2])
+data = open(sys.argv[3], "rb").read()
 counts, lock = {}, threading.Lock()
 def hammer():
     stub = detector_pb2_grpc.DetectorStub(grpc.insecure_channel(address))
@@ -81,9 +80,9 @@ def _scene_png(width, height):
     return cv2.imencode(".png", digits.scene(1, size=(width, height))[0])[1].tobytes()
 
 
-def health_under_overload(clients, probes, load_nice=0, processes=4):
+def health_under_overload(clients, probes, processes=4):
     """Health-check and GetModelInfo latency while ``clients`` clients, in ``processes``
-    processes at niceness ``load_nice``, send Detect calls back to back."""
+    processes, send Detect calls back to back."""
     server, address = start()
     per = [clients // processes + (i < clients % processes) for i in range(processes)]
     loads = []
@@ -92,7 +91,7 @@ def health_under_overload(clients, probes, load_nice=0, processes=4):
         image.flush()
         try:
             for n in per:
-                loads.append(subprocess.Popen([sys.executable, "-c", LOAD, address, str(n), str(load_nice), image.name],
+                loads.append(subprocess.Popen([sys.executable, "-c", LOAD, address, str(n), image.name],
                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for load in loads:
                 load.stdout.readline()  # its clients are running
@@ -115,7 +114,7 @@ def health_under_overload(clients, probes, load_nice=0, processes=4):
                     load.kill()
             server.terminate()
             server.wait(60)
-    return {"clients": clients, "load_nice": load_nice, "probes": probes, "overloaded": refusing,
+    return {"clients": clients, "probes": probes, "overloaded": refusing,
             "health_p50_ms": percentile(checks, 50), "health_p99_ms": percentile(checks, 99),
             "health_max_ms": max(checks), "model_info_p99_ms": percentile(infos, 99), "failed": failed,
             "detect_calls": counts, "probing_s": seconds}
@@ -233,19 +232,18 @@ def heavy_requests():
 
 
 def main(args):
-    report = {"health": [health_under_overload(args.clients, args.probes, nice) for nice in (0, 10)],
+    report = {"health": health_under_overload(args.clients, args.probes),
               "shutdown_watch": shutdown_with_watches(),
               "shutdown_calls": shutdown_with_calls(args.in_flight),
               "memory": memory(heavy_requests())}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    for h in report["health"]:
-        calls = ", ".join(f"{n} {code}" for code, n in sorted(h["detect_calls"].items()))
-        print(f"health while {h['clients']} clients (nice {h['load_nice']}) overload Detect: "
-              f"p50 {h['health_p50_ms']:.1f} ms, p99 {h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms "
-              f"over {h['probes']} checks; GetModelInfo p99 {h['model_info_p99_ms']:.1f} ms; {h['failed']} failed; "
-              f"Detect calls meanwhile: {calls}")
+    h = report["health"]
+    calls = ", ".join(f"{n} {code}" for code, n in sorted(h["detect_calls"].items()))
+    print(f"health while {h['clients']} clients overload Detect: p50 {h['health_p50_ms']:.1f} ms, "
+          f"p99 {h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms over {h['probes']} checks; "
+          f"GetModelInfo p99 {h['model_info_p99_ms']:.1f} ms; {h['failed']} failed; Detect calls meanwhile: {calls}")
     w, c = report["shutdown_watch"], report["shutdown_calls"]
     print(f"SIGTERM to exit with {w['watch_streams']} Watch streams open: {w['sigterm_to_exit_s']:.2f} s "
           f"(exit code {w['exit_code']})")

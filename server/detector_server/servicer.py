@@ -12,7 +12,6 @@ first) and that the client is still there.
 """
 import asyncio
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,6 @@ MODES = {pb.MODE_UNSPECIFIED: "fcn", pb.FCN: "fcn", pb.SLIDING: "sliding"}
 # a reply's bytes beside its score maps: detections, timings, identity
 REPLY_RESERVE = 64 * 1024
 MAX_MESSAGE_CHARS = 1000
-DETECT_NICENESS = 10  # 1/10 of a normal thread's share of a busy core
 
 
 class Stop(Exception):
@@ -127,13 +125,6 @@ def add_to_server(servicer, server):
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
-def _lower_priority():
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DETECT_NICENESS)
-    except (AttributeError, OSError):  # not Linux, or not allowed: run at the same priority
-        pass
-
-
 def _bounded(error):
     """An error's message for the client, never unboundedly long."""
     text = str(error)
@@ -144,9 +135,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def __init__(self, net, identity, budget, admission, max_send_bytes, max_request_seconds):
         self.net, self.budget, self.admission = net, budget, admission
         self.max_send_bytes, self.max_request_seconds = max_send_bytes, max_request_seconds
-        # Detection runs on threads of its own at a lower CPU priority: on a saturated
-        # machine the event loop answering health checks and metadata gets a core at once
-        self.workers = ThreadPoolExecutor(admission.running, "detect", initializer=_lower_priority)
+        # detection runs on threads of its own; the event loop stays free for the cheap calls
+        self.workers = ThreadPoolExecutor(admission.running, "detect")
         self.identity = pb.ModelIdentity(**identity)
         self.served_by = ""
         self._info = None
