@@ -27,8 +27,8 @@ class RequestImage:
             check_pixels(raw.width, raw.height, max_pixels)
             expected = raw.height * raw.width * raw.channels
             if len(raw.data) != expected:
-                raise BadImage(f"the raw image has {len(raw.data)} bytes but {raw.height}x{raw.width}x"
-                               f"{raw.channels} (HxWxC) needs {expected}")
+                raise BadImage(f"the raw image has {len(raw.data):,} bytes but {raw.height}x{raw.width}x"
+                               f"{raw.channels} (HxWxC) needs {expected:,}")
             self.shape, self.sample_bytes = (raw.height, raw.width, raw.channels), 1
         check_pixels(self.shape[1], self.shape[0], max_pixels)
 
