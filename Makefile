@@ -13,7 +13,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/detector demo
 	@echo "The detector command is in $(VENV)/bin: 'source $(VENV)/bin/activate' puts it on your PATH."
 
-test: $(VENV)/.installed $(VENV)/.reference
+test: $(VENV)/.installed $(VENV)/.reference $(VENV)/.onnxruntime
 	$(PY) -m pytest
 
 install: $(VENV)/.installed
@@ -36,6 +36,17 @@ $(VENV)/.reference: $(PY)
 		$(PIP) install -q "torch==2.13.0"; \
 	else \
 		echo "No local CPU build of torch 2.13.0: the PyTorch reference tests will be skipped."; \
+	fi
+	touch $@
+
+# ONNX Runtime (with onnx, to build its graph) is the other reference of the tests and of
+# `detector bench fcn`; its wheels are CPU-only. The test extra brings it where wheels are
+# published; this rule also covers a venv made before, and where pip cannot get it those
+# tests are skipped rather than failing.
+$(VENV)/.onnxruntime: $(VENV)/.installed
+	@if ! $(PY) -c "import onnx, onnxruntime" 2>/dev/null; then \
+		$(PIP) install -q "onnx>=1.15" "onnxruntime>=1.17" 2>/dev/null \
+		|| echo "pip could not install onnx and onnxruntime: the ONNX Runtime reference tests will be skipped."; \
 	fi
 	touch $@
 

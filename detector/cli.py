@@ -185,8 +185,17 @@ def _parser():
 
     bench = _command(commands, "bench", "measure speed on this machine")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
-    layers = _command(targets, "layers", "forward and backward of each layer kernel against NumPy")
+    layers = _command(targets, "layers", "forward and backward of each layer kernel against NumPy and PyTorch")
     layers.add_argument("--json", action="store_true", help="print one JSON object")
+    bfcn = _command(targets, "fcn", "the shipped model's fully convolutional pass against PyTorch and ONNX Runtime")
+    bfcn.add_argument("--threads", type=arg.whole_list(1), default="1,2", help="thread counts, comma-separated")
+    bfcn.add_argument("--sizes", type=arg.whole_list(32), default="256,512,1024,2048",
+                      help="square image sides, comma-separated, each at least the 32-pixel window")
+    bfcn.add_argument("--json", action="store_true", help="print one JSON object")
+    btrain = _command(targets, "train", "a training step of the default architecture against PyTorch")
+    btrain.add_argument("--threads", type=arg.whole_list(1), default="1,2", help="thread counts, comma-separated")
+    btrain.add_argument("--batch", type=arg.count, default=64, help="windows per step")
+    btrain.add_argument("--json", action="store_true", help="print one JSON object")
     bdetect = _command(targets, "detect", "sliding windows against the fully convolutional net")
     bdetect.add_argument("--sizes", type=arg.whole_list(32), default="128,256,512,1024",
                          help="image sides, comma-separated, each at least the 32-pixel window")
@@ -465,11 +474,11 @@ def _bench(args):
         from detector_server import bench, overload
 
         return (bench if args.target == "serve" else overload).main(args)
-    from .bench import detect, layers
+    import importlib
 
     if args.target == "detect":
         _check_picture(args.plot)
-    return (layers if args.target == "layers" else detect).main(args)
+    return importlib.import_module(f".bench.{args.target}", __package__).main(args)
 
 
 def _token(args):
