@@ -186,6 +186,12 @@ def _run_loop(loop, running):
     asyncio.set_event_loop(loop)
     try:
         loop.run_forever()
+        # calls the stop cut (a Watch stream's last write, say) end here, not in a warning at exit
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         if running:
             running[0].servicer.workers.shutdown(wait=True)
