@@ -123,6 +123,9 @@ def add_to_server(servicer, server):
                                                           response_serializer=b.SerializeToString)
                 for name, (a, b) in methods.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    # registered methods get calls matched per method by gRPC's core: GetModelInfo never
+    # waits in a queue behind a flood of Detect calls (as unregistered methods share one)
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def _bounded(error):
