@@ -5,6 +5,11 @@ weights ``(M, D)``, as in PyTorch. Inputs that are not C-contiguous are copied o
 ``*_forward`` returns ``(out, cache)``; the cache is opaque and goes to the matching
 ``*_backward``. Output sizes are ``floor((N + 2P - F) / S) + 1``.
 
+Inference has its own entry points, :func:`conv2d_infer` and :func:`max_pool2d_infer`: the
+output alone, no cache, no argmax, and the convolution may apply the ReLU and a max-pool
+that tiles its output in the same pass. They check their arguments as the training
+functions do.
+
 >>> import numpy as np
 >>> from detector import layers as L
 >>> x = np.ones((2, 3, 8, 8), np.float32)
@@ -15,6 +20,8 @@ weights ``(M, D)``, as in PyTorch. Inputs that are not C-contiguous are copied o
 >>> dx, dw, db = L.conv2d_backward(np.ones_like(out), cache)
 >>> dx.shape, dw.shape, db.shape
 ((2, 3, 8, 8), (4, 3, 3, 3), (4,))
+>>> L.conv2d_infer(x, w, np.zeros(4, np.float32), stride=2, padding=1, relu=True, pool=2).shape
+(2, 4, 2, 2)
 """
 import numbers
 from typing import NamedTuple
@@ -29,8 +36,8 @@ from .shapes import output_size, pair
 from .threads import get_num_threads
 
 __all__ = [
-    "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_backward",
+    "conv2d_forward", "conv2d_backward", "conv2d_infer",
+    "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_infer",
     "avg_pool2d_forward", "avg_pool2d_backward",
     "l2_pool2d_forward", "l2_pool2d_backward",
     "linear_forward", "linear_backward",
@@ -99,11 +106,8 @@ def _gradient(dout, cache_x, shape):
 
 # -- convolution ---------------------------------------------------------------------------
 
-def conv2d_forward(x, w, b, stride=1, padding=0):
-    """2-D cross-correlation with zero padding, as ``torch.nn.functional.conv2d``.
-
-    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache.
-    """
+def _conv_args(x, w, b, stride, padding):
+    """The checked arrays, ((sh, sw), (ph, pw)) and the output's (OH, OW)."""
     x = _float_array(x, "x", 4)
     w = _float_array(w, "w", 4, like=x)
     b = _float_array(b, "b", 1, like=x)
@@ -116,9 +120,38 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
         raise ValueError(f"b must have one entry per filter: w has {k} filters, b has shape {b.shape}")
     oh = output_size(h, fh, ph, sh, "height")
     ow = output_size(wd, fw, pw, sw, "width")
-    out = np.empty((n, k, oh, ow), x.dtype)
+    return x, w, b, (sh, sw), (ph, pw), (oh, ow)
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """2-D cross-correlation with zero padding, as ``torch.nn.functional.conv2d``.
+
+    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache.
+    """
+    x, w, b, (sh, sw), (ph, pw), (oh, ow) = _conv_args(x, w, b, stride, padding)
+    out = np.empty((x.shape[0], w.shape[0], oh, ow), x.dtype)
     _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
     return out, ConvCache(x, w, (sh, sw), (ph, pw))
+
+
+def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None):
+    """The output of :func:`conv2d_forward` alone (no cache), for inference.
+
+    With ``relu``, max(out, 0) (NaN passes); with ``pool`` (an int or an (h, w) pair), then
+    max-pooled in windows of that size at a stride of the same size, unpadded, as
+    :func:`max_pool2d_infer` would. Both happen in the convolution's output stage, block by
+    block while it is in cache: the unpooled output is never stored.
+    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), or
+    (N, K, OH // pool_h, OW // pool_w) with a pool. Equals the training path within
+    rounding (bias is added after the GEMM here, before it there).
+    """
+    x, w, b, (sh, sw), (ph, pw), (oh, ow) = _conv_args(x, w, b, stride, padding)
+    qh, qw = (1, 1) if pool is None else pair(pool, "pool", 1)
+    out_h = output_size(oh, qh, 0, qh, "height after the pool")
+    out_w = output_size(ow, qw, 0, qw, "width after the pool")
+    out = np.empty((x.shape[0], w.shape[0], out_h, out_w), x.dtype)
+    _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
+    return out
 
 
 def conv2d_backward(dout, cache):
@@ -187,6 +220,19 @@ def max_pool2d_forward(x, size, stride=None, padding=0):
     and alone receives the gradient.
     """
     return _pool_forward("max", x, size, stride, padding)
+
+
+def max_pool2d_infer(x, size, stride=None, padding=0):
+    """The output of :func:`max_pool2d_forward` alone (no argmax, no cache), for inference.
+
+    A window holding a NaN gives NaN, as in ``torch.nn.functional.max_pool2d`` (and as in
+    the training kernel). x (N, C, H, W) -> out (N, C, OH, OW).
+    """
+    x = _float_array(x, "x", 4)
+    size, stride, padding, out_shape = _pool_geometry(x, size, stride, padding)
+    out = np.empty(out_shape, x.dtype)
+    _pool.max_pool2d_infer(x, out, *size, *stride, *padding, get_num_threads())
+    return out
 
 
 def max_pool2d_backward(dout, cache):

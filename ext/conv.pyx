@@ -4,6 +4,14 @@ The work is cut into chunks (image, block of output rows) whose bounds depend on
 shapes, never on the thread count, so the results are bit-identical for any number of
 threads. Blocks are sized for the GEMM (see blocks_per_image), and the columns of one chunk stay in
 a core's cache between im2col writing them and BLAS reading them.
+
+Training (conv2d_forward, conv2d_backward) and inference (conv2d_infer) share im2col. The
+inference kernel finishes each block while the GEMM's output is still in cache: it adds the
+bias, applies the ReLU, and may max-pool the block in windows that tile it (blocks are then
+whole rows of pool windows), so that the full-size output is never written. Bias is added
+after the GEMM there and before it in training: the two differ by rounding only (float32:
+a few ulps of the largest partial sum). Max and ReLU commute with adding the bias (rounding
+is monotone), so the pool takes the max first and adds the bias to the winner only.
 """
 import numpy as np
 
@@ -11,12 +19,29 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 
 from blas cimport gemm
+from windows cimport max_row, relu, valid_span
 
 # Backward: cols and dcols of one chunk stay within a core's L2 cache (2 MiB here).
 cdef Py_ssize_t COLS_BUDGET_BYTES = 1 << 19
 # Forward: OpenBLAS multiplies small matrices without packing them (M * N * K <= 1e6 on
 # current x86 cores), which runs ~30% faster than the packed path on 16-32 filters.
 cdef Py_ssize_t GEMM_SMALL_MNK = 1000000
+# Inference, GEMMs too large for that path: the columns of one chunk up to 2 MiB (measured
+# on the shipped net's conv2 and fc1 at 512 and 1024 pixels: within 3% of the best block).
+cdef Py_ssize_t INFER_COLS_BYTES = 1 << 21
+
+
+cpdef Py_ssize_t infer_blocks_per_image(Py_ssize_t k, Py_ssize_t cff, Py_ssize_t units,
+                                        Py_ssize_t qh, Py_ssize_t ow, Py_ssize_t itemsize) noexcept:
+    """How many blocks one image's ``units`` rows of pool windows (each ``qh`` output rows of
+    ``ow`` columns; qh = 1 without a pool) are cut into, for k filters over cff inputs."""
+    cdef Py_ssize_t rows = GEMM_SMALL_MNK // (k * cff * ow)
+    if rows == 0:
+        # too large for the unpacked GEMM even at one row: OpenBLAS packs, and bigger GEMMs
+        # amortise that (the shipped net's fc1 at 512x512: 16% faster at 5 rows than at 1)
+        rows = INFER_COLS_BYTES // (cff * ow * itemsize)
+    cdef Py_ssize_t per_block = max(rows // qh, 1)
+    return (units + per_block - 1) // per_block
 
 
 cpdef Py_ssize_t blocks_per_image(Py_ssize_t k, Py_ssize_t cff, Py_ssize_t fh, Py_ssize_t sh,
@@ -40,15 +65,6 @@ cpdef Py_ssize_t blocks_per_image(Py_ssize_t k, Py_ssize_t cff, Py_ssize_t fh, P
 cdef inline Py_ssize_t block_start(Py_ssize_t block, Py_ssize_t blocks, Py_ssize_t oh) noexcept nogil:
     """First output row of a block: sizes differ by one at most, so the GEMMs are alike."""
     return block * oh // blocks
-
-
-cdef inline void valid_span(Py_ssize_t n_out, Py_ssize_t n_in, Py_ssize_t stride,
-                            Py_ssize_t offset, Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
-    """Outputs o in [lo, hi) read input o * stride + offset inside [0, n_in)."""
-    lo[0] = 0 if offset >= 0 else (-offset + stride - 1) // stride
-    hi[0] = 0 if n_in - 1 - offset < 0 else min(n_out, (n_in - 1 - offset) // stride + 1)
-    if lo[0] > hi[0]:
-        lo[0] = hi[0]
 
 
 cdef void im2col_rows(const floating *x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -143,6 +159,89 @@ def conv2d_forward(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
             # out[n, :, r0:r1] (K, L) += w (K, CFF) @ cols (CFF, L)
             gemm(False, False, K, (r1 - r0) * OW, CFF, &w[0, 0, 0, 0], CFF,
                  cols, (r1 - r0) * OW, 1, o, P)
+
+
+cdef void bias_relu_rows(floating *o, Py_ssize_t K, Py_ssize_t L, Py_ssize_t P,
+                         const floating *b, bint apply_relu) noexcept nogil:
+    """o[k * P + i] += b[k] for i < L, then the ReLU: one block's output stage, in cache."""
+    cdef Py_ssize_t k, i
+    cdef floating bk
+    cdef floating *p
+    for k in range(K):
+        p, bk = o + k * P, b[k]
+        if apply_relu:
+            for i in range(L):
+                p[i] = relu(p[i] + bk)
+        else:
+            for i in range(L):
+                p[i] = p[i] + bk
+
+
+cdef void pool_bias_relu_rows(const floating *y, Py_ssize_t K, Py_ssize_t units,
+                              Py_ssize_t QH, Py_ssize_t QW, Py_ssize_t OWu, floating *o,
+                              Py_ssize_t OWq, Py_ssize_t Pq, const floating *b,
+                              bint apply_relu) noexcept nogil:
+    """o[k * Pq + u * OWq + t] = relu(max of y's QH x QW window (u, t) of filter k + b[k]):
+    y (K, units * QH, OWu) is one block's GEMM output."""
+    cdef Py_ssize_t k, u, t
+    cdef floating bk
+    cdef floating *p
+    for k in range(K):
+        bk = b[k]
+        for u in range(units):
+            p = o + k * Pq + u * OWq
+            max_row(y + (k * units + u) * QH * OWu, OWu, QH, QW, QW, OWq, p)
+            if apply_relu:
+                for t in range(OWq):
+                    p[t] = relu(p[t] + bk)
+            else:
+                for t in range(OWq):
+                    p[t] = p[t] + bk
+
+
+def conv2d_infer(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
+                 const floating[:, :, :, ::1] w,  # IN (K, C, FH, FW)
+                 const floating[::1] b,  # IN (K,)
+                 floating[:, :, :, ::1] out,  # OUT (N, K, OH // QH, OW // QW)
+                 Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
+                 Py_ssize_t OH, Py_ssize_t OW,  # IN the convolution's output size
+                 bint apply_relu, Py_ssize_t QH, Py_ssize_t QW,  # QHxQW max-pool, 1x1: none
+                 int num_threads):
+    """The convolution's output alone: bias, then ReLU and a max-pool of stride = size if
+    asked, fused into the output stage of each block."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = w.shape[0], FH = w.shape[2], FW = w.shape[3], CFF = C * FH * FW
+    cdef bint pooled = QH > 1 or QW > 1
+    # a pool reads whole windows: the rows and columns left over are never computed
+    cdef Py_ssize_t units = OH // QH, OWq = OW // QW, OWu = OWq * QW, Pq = out.shape[2] * OWq
+    cdef Py_ssize_t blocks = infer_blocks_per_image(K, CFF, units, QH, OWu, sizeof(floating))
+    cdef Py_ssize_t rows = (units + blocks - 1) // blocks * QH  # the most output rows of any block
+    cdef floating[:, ::1] scratch = np.empty(
+        (num_threads, (CFF + (K if pooled else 0)) * rows * OWu),
+        dtype=np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t chunk, n, u0, u1, r0, r1, L
+    cdef floating *cols
+    cdef floating *y
+    with nogil, parallel(num_threads=num_threads):
+        cols = &scratch[threadid(), 0]
+        y = cols + CFF * rows * OWu
+        for chunk in prange(N * blocks, schedule='static'):
+            n = chunk // blocks
+            u0 = block_start(chunk % blocks, blocks, units)
+            u1 = block_start(chunk % blocks + 1, blocks, units)
+            r0, r1 = u0 * QH, u1 * QH
+            L = (r1 - r0) * OWu
+            im2col_rows(&x[n, 0, 0, 0], C, H, W, FH, FW, SH, SW, PH, PW, OWu, r0, r1, cols)
+            if pooled:
+                # y (K, L) = w (K, CFF) @ cols (CFF, L), then pooled into out[n, :, u0:u1]
+                gemm(False, False, K, L, CFF, &w[0, 0, 0, 0], CFF, cols, L, 0, y, L)
+                pool_bias_relu_rows(y, K, u1 - u0, QH, QW, OWu, &out[n, 0, u0, 0], OWq, Pq,
+                                    &b[0], apply_relu)
+            else:
+                # out[n, :, r0:r1] (K, L) = w (K, CFF) @ cols (CFF, L), finished in place
+                gemm(False, False, K, L, CFF, &w[0, 0, 0, 0], CFF, cols, L, 0,
+                     &out[n, 0, r0, 0], Pq)
+                bias_relu_rows(&out[n, 0, r0, 0], K, L, Pq, &b[0], apply_relu)
 
 
 def conv2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, K, OH, OW)

@@ -2,13 +2,22 @@
 average (padded zeros count, PyTorch's default) and L2 (the square root of the window's
 sum of squares; padded zeros add nothing).
 
+Max pooling has two kernels. Training's keeps the argmax of every window for backward,
+with a branch per value. Inference's (max_pool2d_infer) writes the output alone, with a
+compare and a select per value that the compiler vectorises (windows.pxd); a 2x2 pool of
+stride 2 is one pass over pairs of rows. Both propagate NaN: a window holding a NaN gives
+NaN, as torch.nn.functional.max_pool2d does. Both keep the first of tied values, so they
+give the same bits (a NaN's payload aside).
+
 The work is split over (image, channel) planes; each plane is one call of a C function,
 so its locals are its thread's own. Within a plane the work is serial: the gradient scatter
 of overlapping windows never races and never depends on the thread count.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport INFINITY, sqrt
+
+from windows cimport max_row, nan_max, valid_span
 
 ctypedef enum Kind:
     AVG
@@ -57,6 +66,32 @@ cdef void max_plane(const floating *x, floating *out, Py_ssize_t *argmax,
             argmax[oh * g.OW + ow] = best_i
 
 
+cdef void max_plane_infer(const floating *x, floating *out, Geometry g) noexcept nogil:
+    """The window maxima of one plane, without argmax; padding never wins (it is -inf)."""
+    cdef Py_ssize_t oh, ih, j, t, a, b
+    cdef const floating *src
+    cdef floating *o
+    for oh in range(g.OH):
+        o = out + oh * g.OW
+        if g.PH == 0 and g.PW == 0:
+            max_row(x + oh * g.SH * g.W, g.W, g.FH, g.FW, g.SW, g.OW, o)
+            continue
+        for t in range(g.OW):
+            o[t] = -INFINITY
+        # tap by tap over the whole output row: the columns a tap reads inside the
+        # image are one span, so the inner loop has no bounds test
+        for ih in range(lo(oh, g.SH, g.PH), hi(oh, g.SH, g.PH, g.FH, g.H)):
+            for j in range(g.FW):
+                valid_span(g.OW, g.W, g.SW, j - g.PW, &a, &b)
+                src = x + ih * g.W + a * g.SW + j - g.PW
+                if g.SW == 1:
+                    for t in range(b - a):
+                        o[a + t] = nan_max(o[a + t], src[t])
+                else:
+                    for t in range(b - a):
+                        o[a + t] = nan_max(o[a + t], src[t * g.SW])
+
+
 cdef void sum_plane(const floating *x, floating *out, Kind kind, Geometry g) noexcept nogil:
     cdef Py_ssize_t oh, ow, ih, iw
     cdef floating acc, v
@@ -99,6 +134,18 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
         for p in prange(x.shape[0] * C, num_threads=num_threads, schedule='static'):
             max_plane(&x[p // C, p % C, 0, 0], &out[p // C, p % C, 0, 0],
                       &argmax[p // C, p % C, 0, 0], g)
+
+
+def max_pool2d_infer(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
+                     floating[:, :, :, ::1] out,  # OUT (N, C, OH, OW)
+                     Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t SH, Py_ssize_t SW,
+                     Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    cdef Py_ssize_t C = x.shape[1], p
+    cdef Geometry g = geometry(x.shape[2], x.shape[3], out.shape[2], out.shape[3],
+                               FH, FW, SH, SW, PH, PW)
+    with nogil:
+        for p in prange(x.shape[0] * C, num_threads=num_threads, schedule='static'):
+            max_plane_infer(&x[p // C, p % C, 0, 0], &out[p // C, p % C, 0, 0], g)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)

@@ -100,3 +100,123 @@ def test_padding_only_region_gives_the_bias():
     out, _ = L.conv2d_forward(x, w, np.array([0.5]), padding=1)
     assert out.shape == (1, 1, 4, 4)
     assert out[0, 0, 0, 0] == 0.5 and out[0, 0, 1, 1] == 1.5
+
+
+# -- the inference kernel: bias, ReLU and a tiling max-pool in the output stage --------------
+
+INFER = conv_configs(300, seed=7, max_extent=14)
+POOLS = [None, 1, 2, (2, 1), 3, (1, 3)]
+
+
+def naive_infer(x, w, b, cfg, relu, pool):
+    """conv, then ReLU, then a max-pool of stride = size: the naive loops, in float64."""
+    out = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), cfg.stride, cfg.padding)
+    if relu:
+        out = np.maximum(out, 0)
+    if pool is not None:
+        size = pool if isinstance(pool, tuple) else (pool, pool)
+        out = ref.pool2d(out, "max", size, size, (0, 0))
+    return out
+
+
+def fitting_pool(cfg, i):
+    """A pool from POOLS that fits in the convolution's output (None when none does)."""
+    oh = (cfg.h + 2 * cfg.padding[0] - cfg.size[0]) // cfg.stride[0] + 1
+    ow = (cfg.w + 2 * cfg.padding[1] - cfg.size[1]) // cfg.stride[1] + 1
+    pool = POOLS[i % len(POOLS)]
+    size = (1, 1) if pool is None else pool if isinstance(pool, tuple) else (pool, pool)
+    return pool if size[0] <= oh and size[1] <= ow else None
+
+
+@pytest.mark.parametrize("i, cfg", list(enumerate(INFER)), ids=repr)
+def test_inference_matches_naive_loop_and_the_training_layers(i, cfg):
+    x, w, b = cfg.arrays(seed=i)
+    relu, pool = i % 2 == 0, fitting_pool(cfg, i)
+    out = L.conv2d_infer(x, w, b, stride=cfg.stride, padding=cfg.padding, relu=relu, pool=pool)
+    expected = naive_infer(x, w, b, cfg, relu, pool)
+    assert out.dtype == x.dtype and out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, **tolerance(cfg.dtype))
+    trained, _ = L.conv2d_forward(x, w, b, stride=cfg.stride, padding=cfg.padding)
+    if relu:
+        trained, _ = L.relu_forward(trained)
+    if pool is not None:
+        trained, _ = L.max_pool2d_forward(trained, pool)
+    np.testing.assert_allclose(out, trained, **tolerance(cfg.dtype))
+
+
+# Shapes cut into several blocks, both by the unpacked-GEMM rule (small) and by the columns'
+# cache budget (the first: 64 filters x 400 inputs x 50 columns is too large to go unpacked).
+INFER_MULTI_BLOCK = [
+    (Conv(1, 16, 64, 90, 54, (5, 5), (1, 1), (0, 0), "float32"), 2),
+    (Conv(1, 16, 64, 91, 55, (5, 5), (1, 1), (0, 0), "float64"), (3, 2)),
+    (Conv(2, 4, 3, 31, 700, (3, 3), (1, 1), (1, 1), "float64"), None),
+    (Conv(2, 8, 4, 41, 500, (5, 3), (2, 1), (2, 0), "float32"), 2),
+]
+
+
+@pytest.mark.parametrize("cfg, pool", INFER_MULTI_BLOCK, ids=repr)
+def test_inference_in_row_blocks_matches_naive_loop(cfg, pool):
+    oh = (cfg.h + 2 * cfg.padding[0] - cfg.size[0]) // cfg.stride[0] + 1
+    ow = (cfg.w + 2 * cfg.padding[1] - cfg.size[1]) // cfg.stride[1] + 1
+    qh, qw = (1, 1) if pool is None else pool if isinstance(pool, tuple) else (pool, pool)
+    blocks = conv_kernels.infer_blocks_per_image(cfg.k, cfg.c * cfg.size[0] * cfg.size[1], oh // qh, qh,
+                                                 ow // qw * qw, np.dtype(cfg.dtype).itemsize)
+    assert blocks >= 3, "the shape must be cut into several blocks to test the split"
+    x, w, b = cfg.arrays()
+    for relu in (False, True):
+        out = L.conv2d_infer(x, w, b, stride=cfg.stride, padding=cfg.padding, relu=relu, pool=pool)
+        np.testing.assert_allclose(out, naive_infer(x, w, b, cfg, relu, pool), **tolerance(cfg.dtype))
+
+
+def test_inference_relu_passes_nan_and_zeroes_negatives():
+    x = np.array([[[[1.0, np.nan, -3.0, 2.0]]]])
+    w = np.ones((2, 1, 1, 1))
+    b = np.array([0.0, -1.5])
+    out = L.conv2d_infer(x, w, b, relu=True)
+    np.testing.assert_array_equal(out, [[[[1.0, np.nan, 0.0, 2.0]], [[0.0, np.nan, 0.0, 0.5]]]])
+    pooled = L.conv2d_infer(x, w, b, relu=True, pool=(1, 2))
+    np.testing.assert_array_equal(pooled, [[[[np.nan, 2.0]], [[np.nan, 0.5]]]])
+
+
+def test_inference_pool_drops_the_rows_and_columns_left_over():
+    rng = np.random.default_rng(8)
+    x, w, b = rng.standard_normal((1, 2, 9, 8)), rng.standard_normal((3, 2, 2, 2)), rng.standard_normal(3)
+    out = L.conv2d_infer(x, w, b, pool=3)  # the 8x7 output pools to 2x2
+    full, _ = L.conv2d_forward(x, w, b)
+    assert out.shape == (1, 3, 2, 2)
+    np.testing.assert_allclose(out, full[:, :, :6, :6].reshape(1, 3, 2, 3, 2, 3).max(axis=(3, 5)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(pool=0), ValueError, "pool must be at least 1"),
+    (dict(pool=2.0), TypeError, "pool must be an int or a pair of ints"),
+    (dict(pool=7), ValueError, "output height after the pool would be 0"),
+    (dict(pool=(1, 9)), ValueError, "output width after the pool would be 0"),
+    (dict(w=np.zeros((4, 2, 3, 3), np.float32)), ValueError, "x has 3 channels but w expects 2"),
+    (dict(b=np.zeros(5, np.float32)), ValueError, r"w has 4 filters, b has shape \(5,\)"),
+    (dict(x=np.zeros((2, 3, 2, 8), np.float32)), ValueError, "output height would be 0"),
+    (dict(w=np.zeros((4, 3, 3, 3))), TypeError, "w is float64 but x is float32"),
+])
+def test_inference_checks_its_arguments_as_training_does(kwargs, error, message):
+    args = dict(x=np.zeros((2, 3, 8, 8), np.float32), w=np.zeros((4, 3, 3, 3), np.float32),
+                b=np.zeros(4, np.float32))
+    pool = kwargs.pop("pool", None)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        L.conv2d_infer(**args, pool=pool)
+    if pool is None:
+        with pytest.raises(error, match=message):
+            L.conv2d_forward(**args)
+
+
+def test_inference_matches_torch_conv_relu_pool():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 16, 37, 41)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 5, 5)).astype(np.float32) * 0.1
+    b = rng.standard_normal(32).astype(np.float32)
+    tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+    theirs = F.max_pool2d(F.relu(F.conv2d(tx, tw, tb, stride=(1, 2), padding=1)), 2).numpy()
+    ours = L.conv2d_infer(x, w, b, stride=(1, 2), padding=1, relu=True, pool=2)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)

@@ -88,3 +88,30 @@ def test_linear_to_conv_slides_the_classifier_over_a_larger_input():
     assert dense.shape == (1, 5, 3, 4)
     crop = x[:, :, 2:6, 1:5].reshape(1, -1)
     np.testing.assert_allclose(dense[:, :, 2, 1], L.linear_forward(crop, w, b)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_backward_passes_the_gradient_where_x_is_positive_only(dtype):
+    # random signs (the case a branch mispredicts), zeros of both signs, NaN and infinities
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(100_003).astype(dtype)
+    x[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, np.finfo(dtype).tiny]
+    g = rng.standard_normal(x.shape).astype(dtype)
+    g[7] = np.nan  # a NaN gradient passes where x > 0 only
+    x[7] = 1.0
+    _, cache = L.relu_forward(x)
+    dx = L.relu_backward(g, cache)
+    np.testing.assert_array_equal(dx, np.where(x > 0, g, 0))
+    assert dx[:6].tolist() == [0, 0, 0, g[3], 0, g[5]] and np.isnan(dx[7])
+
+
+def test_relu_backward_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 5, 7, 11)).astype(np.float32)
+    x[0, 0, 0, :2] = [0.0, -0.0]  # (at a NaN input torch passes the gradient; we pass 0)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.relu(tx).backward(torch.from_numpy(g))
+    _, cache = L.relu_forward(x)
+    np.testing.assert_array_equal(L.relu_backward(g, cache), tx.grad.numpy())

@@ -90,3 +90,84 @@ def test_stride_defaults_to_the_size():
     x = np.random.default_rng(0).standard_normal((1, 1, 6, 6))
     np.testing.assert_array_equal(L.max_pool2d_forward(x, 2)[0], L.max_pool2d_forward(x, 2, stride=2)[0])
     np.testing.assert_array_equal(x.reshape(1, 1, 3, 2, 3, 2).max(axis=(3, 5)), L.max_pool2d_forward(x, 2)[0])
+
+
+# -- the inference kernel: no argmax, a select per value, a 2x2 fast path --------------------
+
+INFER = pool_configs(300, seed=15, kinds=("max",), max_extent=17)
+# the fast path (2x2, stride 2, unpadded) and the unpadded general path, odd sizes included
+INFER_UNPADDED = [cfg for cfg in pool_configs(200, seed=16, kinds=("max",), max_extent=17)
+                  if cfg.padding == (0, 0)]
+FAST = [((n, c, h, w), dtype) for n, c, h, w in [(1, 1, 2, 2), (2, 3, 9, 11), (1, 16, 60, 61), (3, 2, 33, 4)]
+        for dtype in ("float32", "float64")]
+
+
+@pytest.mark.parametrize("cfg", INFER + INFER_UNPADDED, ids=repr)
+def test_inference_max_pool_equals_the_training_kernel_and_the_naive_loop(cfg):
+    x = np.random.default_rng(1).standard_normal((cfg.n, cfg.c, cfg.h, cfg.w)).astype(cfg.dtype)
+    out = L.max_pool2d_infer(x, cfg.size, stride=cfg.stride, padding=cfg.padding)
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(out, forward("max", x, cfg)[0])
+    np.testing.assert_array_equal(out, ref.pool2d(x, "max", cfg.size, cfg.stride, cfg.padding))
+
+
+@pytest.mark.parametrize("shape, dtype", FAST, ids=repr)
+def test_inference_2x2_pool_equals_reshape_max(shape, dtype):
+    x = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    n, c, h, w = shape
+    expected = x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(L.max_pool2d_infer(x, 2), expected)
+
+
+@pytest.mark.parametrize("size, stride, padding", [(2, 2, 0), (3, 2, 1), (2, 1, 0), ((1, 3), (2, 1), (0, 1))])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inference_max_pool_propagates_nan_like_the_training_kernel(size, stride, padding, dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 9, 10)).astype(dtype)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[0, 0, :3, :3] = np.nan  # a NaN first in its window, and a window of NaN only
+    out = L.max_pool2d_infer(x, size, stride=stride, padding=padding)
+    np.testing.assert_array_equal(out, L.max_pool2d_forward(x, size, stride=stride, padding=padding)[0])
+    # a window with a NaN gives NaN, whatever its position in the window; the others their max
+    (fh, fw), (sh, sw), (ph, pw) = (np.broadcast_to(v, 2) for v in (size, stride, padding))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            window = xp[:, :, i * sh:i * sh + fh, j * sw:j * sw + fw]
+            has_nan = np.isnan(window).any(axis=(2, 3))
+            np.testing.assert_array_equal(np.isnan(out[:, :, i, j]), has_nan)
+            largest = np.where(has_nan, np.nan, window.max(axis=(2, 3), initial=-np.inf))
+            np.testing.assert_array_equal(out[:, :, i, j], largest)
+
+
+def test_inference_max_pool_keeps_infinities():
+    x = np.array([[[[-np.inf, -np.inf, 1.0, np.inf], [-np.inf, -np.inf, -2.0, 0.0]]]])
+    np.testing.assert_array_equal(L.max_pool2d_infer(x, 2), [[[[-np.inf, np.inf]]]])
+
+
+def test_inference_max_pool_matches_torch_with_nan():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4, 13, 12)).astype(np.float32)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    for size, stride, padding in [(2, 2, 0), (3, 2, 1), (2, 1, 1)]:
+        theirs = torch.nn.functional.max_pool2d(torch.from_numpy(x), size, stride, padding).numpy()
+        np.testing.assert_array_equal(L.max_pool2d_infer(x, size, stride=stride, padding=padding), theirs)
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((np.zeros((1, 1, 4, 1)), 2), ValueError, "output width would be 0.*N=1, F=2, P=0, S=2"),
+    ((np.zeros((1, 1, 4, 4)), 2, None, 2), ValueError, "padding .* must be at most half the pool size"),
+    ((np.zeros((1, 4, 4)), 2), ValueError, r"x must have 4 dimensions"),
+    ((np.zeros((1, 1, 4, 4), np.int32), 2), TypeError, "x must be float32 or float64"),
+    ((np.zeros((1, 1, 4, 4)), 0), ValueError, "size must be at least 1"),
+])
+def test_inference_max_pool_checks_its_arguments_as_training_does(args, error, message):
+    for pool in (L.max_pool2d_infer, L.max_pool2d_forward):
+        with pytest.raises(error, match=message):
+            pool(*args)
+
+
+def test_inference_max_pool_reads_non_contiguous_input():
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 10))[:, ::2, :, ::-1]
+    np.testing.assert_array_equal(L.max_pool2d_infer(x, 2), L.max_pool2d_forward(x, 2)[0])
