@@ -11,7 +11,10 @@ A spec is a list of layers separated by spaces or dashes:
 - ``fc128``: fully connected with 128 outputs; the first one flattens its input.
 
 Each layer class wraps the functional API of :mod:`detector.layers` and adds nothing but
-its parameters' shapes and its output shape.
+its parameters' shapes and its output shape. ``forward``/``backward`` are training's (with
+caches); ``infer`` gives the output alone, on the inference kernels. :func:`infer` runs a
+list of layers that way, a convolution taking in the ReLU and the tiling max-pool after it
+(:func:`inference_steps`).
 """
 import math
 import re
@@ -49,6 +52,10 @@ class Conv:
     def forward(self, x, params):
         return L.conv2d_forward(x, params["w"], params["b"], stride=self.stride, padding=self.padding)
 
+    def infer(self, x, params, relu=False, pool=None):
+        return L.conv2d_infer(x, params["w"], params["b"], stride=self.stride, padding=self.padding,
+                              relu=relu, pool=pool)
+
     def backward(self, dout, cache):
         dx, dw, db = L.conv2d_backward(dout, cache)
         return dx, {"w": dw, "b": db}
@@ -70,8 +77,19 @@ class Pool:
     def param_shapes(self, shape):
         return {}
 
+    @property
+    def tiles(self):
+        """A max-pool whose windows tile its input (stride = size, no padding): a
+        convolution before it can pool its own output."""
+        return self.kind == "max" and self.stride == self.size and self.padding == 0
+
     def forward(self, x, params):
         return getattr(L, f"{self.kind}_pool2d_forward")(x, self.size, stride=self.stride, padding=self.padding)
+
+    def infer(self, x, params):
+        if self.kind == "max":
+            return L.max_pool2d_infer(x, self.size, stride=self.stride, padding=self.padding)
+        return self.forward(x, params)[0]
 
     def backward(self, dout, cache):
         return getattr(L, f"{self.kind}_pool2d_backward")(dout, cache), {}
@@ -89,6 +107,9 @@ class Relu:
 
     def forward(self, x, params):
         return L.relu_forward(x)
+
+    def infer(self, x, params):
+        return L.relu_forward(x)[0]
 
     def backward(self, dout, cache):
         return L.relu_backward(dout, cache), {}
@@ -108,6 +129,9 @@ class Linear:
     def forward(self, x, params):
         out, cache = L.linear_forward(x.reshape(len(x), -1), params["w"], params["b"])
         return out, (cache, x.shape)
+
+    def infer(self, x, params):
+        return L.linear_forward(x.reshape(len(x), -1), params["w"], params["b"])[0]
 
     def backward(self, dout, cache):
         cache, in_shape = cache
@@ -145,6 +169,35 @@ def parse_spec(spec):
         if any(v < 1 for s in sizes for v in np.atleast_1d(s)):
             raise ValueError(f"{layer.name}: sizes, strides and counts must be at least 1 in {spec!r}")
     return result
+
+
+def inference_steps(layers):
+    """``layers`` grouped for inference: a list of (layer, options for its ``infer``). A
+    convolution takes in the ReLU and the tiling max-pool (:attr:`Pool.tiles`) that follow
+    it, in either order (they commute), and computes them in its output stage."""
+    steps, i = [], 0
+    while i < len(layers):
+        layer, options = layers[i], {}
+        i += 1
+        while isinstance(layer, Conv) and i < len(layers):
+            following = layers[i]
+            if isinstance(following, Relu) and "relu" not in options:
+                options["relu"] = True
+            elif isinstance(following, Pool) and following.tiles and "pool" not in options:
+                options["pool"] = following.size
+            else:
+                break
+            i += 1
+        steps.append((layer, options))
+    return steps
+
+
+def infer(layers, params, x):
+    """The output of ``layers`` (parameters named "<layer>.<key>") on x, by the inference
+    kernels: no caches, and fused as :func:`inference_steps` says."""
+    for layer, options in inference_steps(layers):
+        x = layer.infer(x, layer_params(params, layer), **options)
+    return x
 
 
 def layer_params(params, layer):

@@ -71,7 +71,10 @@ def estimate(height, width, net, mode, stride, level_sizes, return_maps=False, i
     input_bytes = pixels * (input_channels * sample_bytes + 4 * colour + 4 * channels)
     per_window = layer_flops(net.layers, net.input_shape)
     fcn = net.to_fcn() if mode == "fcn" else None
-    activations = 4 * sum(int(np.prod(s)) for s in net.shapes)
+    # a window's activations in the inference path: no caches, each layer's input and
+    # output alive at once (a fused convolution's unpooled output is never stored)
+    sizes = [int(np.prod(s)) for s in net.shapes]
+    activations = 4 * max(a + b for a, b in zip(sizes, sizes[1:]))
     gflops, work_pixels, level_peak, map_bytes = 0.0, 0, 0, 0
     for w, h in level_sizes:
         hp, wp = h + 2 * pad, w + 2 * pad
@@ -86,7 +89,7 @@ def estimate(height, width, net, mode, stride, level_sizes, return_maps=False, i
         else:
             gflops += cells * per_window / 1e9
             work_pixels += cells * window[0] * window[1]
-            running = int(1.5 * min(cells, SLIDING_BATCH) * activations)
+            running = min(cells, SLIDING_BATCH) * activations
         maps = 4 * cells
         level_peak = max(level_peak,
                          2 * level,  # the resized level and its padded copy

@@ -11,13 +11,16 @@ are exact, because the window's activations are a sub-block of the whole image's
 layer. Such a net sees less than its window, though, so its map runs past the windows that
 fit in the image; the map is cropped to those. ``Net.to_fcn(strict=True)`` refuses a padded net, and ``strict=False`` runs it with a
 warning that names the layers.
+
+The pass runs on the inference kernels (:func:`detector.architecture.infer`): no caches, and
+each convolution applies the ReLU and the tiling max-pool after it in its own output stage.
 """
 import warnings
 
 import numpy as np
 
 from . import layers as L
-from .architecture import Conv, Linear, Pool, layer_params
+from .architecture import Conv, Linear, Pool, infer
 
 # Activation memory one tile of rows may take; tiles overlap by the window and stitch
 # exactly, so the size changes speed and peak memory, never the scores.
@@ -36,9 +39,7 @@ class FullyConvNet:
         self.outputs, self.exact = outputs, exact
 
     def _forward(self, x):
-        for layer in self.layers:
-            x, _ = layer.forward(x, layer_params(self.params, layer))
-        return x
+        return infer(self.layers, self.params, x)
 
     def map_size(self, h, w):
         """(rows, columns) of the score map of an h x w input."""

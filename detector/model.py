@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from . import boxes as box_coding
-from .architecture import DEFAULT_SPEC, Conv, Linear, Pool, Relu, layer_params, parse_spec
+from .architecture import DEFAULT_SPEC, Conv, Linear, Pool, Relu, infer, layer_params, parse_spec
 
 DEFAULT_CLASSES = ("background",) + tuple(str(d) for d in range(10))
 DEFAULT_INPUT = (1, 32, 32)
@@ -197,12 +197,16 @@ class Net:
     def forward(self, x, train=False):
         """Raw outputs (N, :attr:`outputs`) of normalised inputs x (N, C, H, W): class
         scores, then box offsets if the net has them. With ``train``, the caches are kept
-        for :meth:`backward`."""
+        for :meth:`backward`; without, the inference kernels run (no caches, the ReLU and
+        max-pool that follow a convolution fused into it)."""
+        if not train:
+            self._caches = None
+            return infer(self.layers, self.params, x)
         caches = []
         for layer in self.layers:
             x, cache = layer.forward(x, self.params_of(layer))
             caches.append(cache)
-        self._caches = caches if train else None
+        self._caches = caches
         return x
 
     def backward(self, dscores):

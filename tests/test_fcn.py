@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import detector
+from detector import layers as L
 from detector.bench.detect import layer_flops
 from detector.detect import fcn_scores, sliding_scores
 from detector.model import Net
@@ -13,6 +14,8 @@ ARCHITECTURES = [
     ("conv3@3x3/2 relu avgpool2 fc4", (1, 17, 17)),                  # a strided conv, pools leave rows over
     ("conv4@3x3 relu l2pool3/2 conv5@1x1 relu maxpool2 fc4", (1, 20, 20)),
     ("conv2@4x2 relu maxpool2/3 fc8 relu fc6 relu fc4", (1, 16, 13)),  # rectangular; stride above size
+    # the pool before the ReLU (both fused), and an overlapping max-pool (not fused)
+    ("conv3@3x3 maxpool2 relu conv4@2x2 relu maxpool3/2 fc6 relu fc4", (1, 22, 19)),
 ]
 
 
@@ -58,6 +61,21 @@ def test_shift_and_stitch_matches_sliding_at_the_finer_stride(stride):
     stitched = fcn_scores(fcn, x, stride, None, None)
     assert stitched.shape[1:] == ((45 - 32) // stride + 1, (51 - 32) // stride + 1)
     np.testing.assert_allclose(stitched, sliding_scores(net, x, stride, None), atol=1e-4, rtol=0)
+
+
+def test_default_model_runs_fused_on_the_inference_kernels_alone(monkeypatch):
+    """No training kernel (and so no cache, argmax or separate ReLU pass) in the FCN pass."""
+    net = detector.load_model()
+    fcn = net.to_fcn()
+    x = net.normalise(np.random.default_rng(5).random((1, 1, 67, 45), dtype=np.float32))
+    expected = sliding_scores(net, x, 4, None)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a training kernel ran in the inference pass")
+
+    for name in ("conv2d_forward", "max_pool2d_forward", "relu_forward", "linear_forward"):
+        monkeypatch.setattr(L, name, refuse)
+    np.testing.assert_allclose(fcn.scores(x)[0], expected, atol=1e-4, rtol=0)
 
 
 def test_padded_net_is_refused_or_run_with_a_warning():
