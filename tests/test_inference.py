@@ -11,13 +11,6 @@ from detector.model import Net
 CLASSES = ["bg", "a", "b", "c"]
 
 
-@pytest.fixture
-def threads():
-    previous = detector.get_num_threads()
-    yield detector.set_num_threads
-    detector.set_num_threads(previous)
-
-
 def run_inference_kernels(seed=0):
     """Every inference kernel on shapes cut into several chunks (and the 2x2 fast path)."""
     rng = np.random.default_rng(seed)

@@ -5,17 +5,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 
-import detector
 from detector import layers as L
-
-
-@pytest.fixture
-def threads():
-    previous = detector.get_num_threads()
-    yield detector.set_num_threads
-    detector.set_num_threads(previous)
 
 
 def run_all_layers(seed=0):

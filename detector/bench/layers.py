@@ -50,6 +50,15 @@ class _Reference:
         return statistics.median(self.samples)
 
 
+
+def _gemm_passes(flops, fwd, bwd, np_fwd, np_bwd):
+    """Forward and backward times and rates of a GEMM layer (backward does twice the FLOPs),
+    beside NumPy's rate on the same products."""
+    return {"forward": {"median_ms": fwd * 1e3, "gflops": flops / fwd / 1e9,
+                        "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
+            "backward": {"median_ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9,
+                         "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9}}
+
 def _torch():
     """torch, on the kernels' number of threads, or None when it is not installed."""
     if importlib.util.find_spec("torch") is None:
@@ -83,13 +92,7 @@ def _conv_case(shape, k, f, pad, rng, torch=None):
     np_fwd = median_seconds(lambda: wmat @ cols)
     np_bwd = median_seconds(lambda: (g @ cols.T, wmat.T @ g))
     name = f"conv {shape} {k}x{f}x{f}" + (f" pad {pad}" if pad else "")
-    result = {
-        "name": name, "input_channels": c,
-        "forward": {"median_ms": fwd * 1e3, "gflops": flops / fwd / 1e9,
-                    "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
-        "backward": {"median_ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9,
-                     "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
-    }
+    result = {"name": name, "input_channels": c, **_gemm_passes(flops, fwd, bwd, np_fwd, np_bwd)}
     if torch is None:
         return result
     tx, tw, tb, tg = (torch.from_numpy(a) for a in (x, wt, b, dout))
@@ -135,13 +138,7 @@ def _linear_case(rng, torch=None):
     bwd = median_seconds(lambda: L.linear_backward(dout, cache))
     np_fwd = median_seconds(lambda: x @ w.T + b)
     np_bwd = median_seconds(lambda: (dout @ w, dout.T @ x, dout.sum(0)))
-    result = {
-        "name": f"linear ({n},{d})->{m}",
-        "forward": {"median_ms": fwd * 1e3, "gflops": flops / fwd / 1e9,
-                    "numpy_same_gemm_gflops": flops / np_fwd / 1e9},
-        "backward": {"median_ms": bwd * 1e3, "gflops": 2 * flops / bwd / 1e9,
-                     "numpy_same_gemm_gflops": 2 * flops / np_bwd / 1e9},
-    }
+    result = {"name": f"linear ({n},{d})->{m}", **_gemm_passes(flops, fwd, bwd, np_fwd, np_bwd)}
     if torch is None:
         return result
     tx, tw, tb, tg = (torch.from_numpy(a) for a in (x, w, b, dout))
