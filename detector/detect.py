@@ -273,7 +273,7 @@ def detect(image, net, options=None, tile_rows=None, check=None, budget=None, **
     np.clip(boxes, 0, [w, h, w, h], out=boxes)
     inside = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
     boxes, scores, labels = boxes[inside], scores[inside], labels[inside]
-    keep = nms(boxes, scores, options.nms_iou, None if options.class_agnostic else labels)
+    keep = nms(boxes, scores, options.nms_iou, None if options.class_agnostic else labels, check=check)
     cap = len(keep) if options.max_detections is None else options.max_detections
     detections = [Detection(tuple(float(v) for v in boxes[i]), net.classes[labels[i]], float(scores[i]))
                   for i in keep[:cap]]

@@ -14,8 +14,10 @@ def iou(box, boxes):
     return inter / np.maximum(area + areas - inter, 1e-12)
 
 
-def nms(boxes, scores, iou_threshold, labels=None, max_detections=None):
-    """Indices of the boxes kept by greedy NMS, best first.
+def nms(boxes, scores, iou_threshold, labels=None, max_detections=None, check=None, check_every=256):
+    """Indices of the boxes kept by greedy NMS, best first. ``check()``, if given, runs
+    every ``check_every`` kept boxes: the pass is quadratic in the boxes, and a deadline
+    may stop it there.
 
     With ``labels``, boxes of different labels never suppress each other (per-class NMS):
     each label's boxes are shifted to a region of their own, so one pass does every class.
@@ -28,6 +30,8 @@ def nms(boxes, scores, iou_threshold, labels=None, max_detections=None):
     order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size and (max_detections is None or len(keep) < max_detections):
+        if check is not None and len(keep) % check_every == check_every - 1:
+            check()
         best, rest = order[0], order[1:]
         keep.append(int(best))
         order = rest[iou(boxes[best], boxes[rest]) <= iou_threshold]

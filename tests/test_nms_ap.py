@@ -67,3 +67,20 @@ def test_mean_average_precision_over_images_and_classes():
     assert result["ap"]["1"] == pytest.approx(0.5)
     assert result["ap"]["2"] == pytest.approx(1.0)
     assert "3" not in result["ap"] and result["map"] == pytest.approx(0.75)
+
+
+def test_a_long_nms_pass_runs_the_check_so_a_deadline_can_stop_it():
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 1000, (3000, 2))
+    boxes = np.hstack([corners, corners + 5])
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        nms(boxes, rng.random(3000), 1.0, check=check, check_every=100)
+    assert len(calls) == 3
+    assert len(nms(boxes, rng.random(3000), 1.0, check=lambda: None)) == 3000  # a check that passes changes nothing
