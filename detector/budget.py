@@ -69,6 +69,8 @@ def estimate(height, width, net, mode, stride, level_sizes, return_maps=False, i
     # the decoded image, its float copy (alpha dropped first) and the model's channels
     colour = min(input_channels, 3)
     input_bytes = pixels * (input_channels * sample_bytes + 4 * colour + 4 * channels)
+    if sample_bytes > 1:  # 16-bit: decoded to float32, then copied and checked for NaN, alpha and all
+        input_bytes += pixels * input_channels * 9
     per_window = layer_flops(net.layers, net.input_shape)
     fcn = net.to_fcn() if mode == "fcn" else None
     # a window's activations in the inference path: no caches, each layer's input and

@@ -95,9 +95,12 @@ def _pillow_header(data, name):
     try:
         with Image.open(io.BytesIO(data), formats=[name]) as image:
             width, height, bands, mode = *image.size, len(image.getbands()), image.mode
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(f"the {name} header claims too many pixels: {_first_line(error)}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as error:
         raise BadImage(f"the {name} header is truncated or corrupt: {_first_line(error)}") from None
-    sample_bytes = 2 if mode.startswith("I;16") or mode in ("I", "F") else 1
+    # Pillow calls a 16-bit colour TIFF "RGB", which OpenCV decodes as uint16: count 2 bytes
+    sample_bytes = 2 if mode.startswith("I;16") or mode in ("I", "F") or name == "TIFF" else 1
     channels = 3 if mode == "P" else 1 if bands == 1 else 4 if bands in (2, 4) else 3
     return Header(name, width, height, channels, sample_bytes)
 

@@ -126,3 +126,10 @@ def test_read_names_the_file(tmp_path):
     good.write_bytes(encoded(COLOUR, ".png"))
     np.testing.assert_array_equal(read(good), COLOUR)
     assert images.MAX_PIXELS == 50_000_000
+
+
+def test_a_bmp_header_past_pillows_bomb_limit_is_too_large_not_a_crash():
+    header = (b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 20000, 20000, 1, 24, 0, 0, 0,
+                                                                      0, 0, 0))
+    with pytest.raises(ImageTooLarge, match="BMP header claims too many pixels"):
+        decode(header)
