@@ -86,9 +86,13 @@ class RequestLog(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED  # the client went away
                 raise
+            except Exception:
+                code = grpc.StatusCode.UNKNOWN  # grpc answers an unexpected error so, unless aborted
+                raise
             finally:
                 code = context.code() or code
-                log.info("%s bytes=%d mode=%s status=%s ms=%.1f", method, request.ByteSize(), _mode_name(request),
+                size = len(request) if isinstance(request, bytes) else request.ByteSize()
+                log.info("%s bytes=%d mode=%s status=%s ms=%.1f", method, size, _mode_name(request),
                          getattr(code, "name", code), (time.perf_counter() - start) * 1e3)
 
         return grpc.unary_unary_rpc_method_handler(

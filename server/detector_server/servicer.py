@@ -162,8 +162,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 waited = time.perf_counter() - start
                 work = asyncio.get_running_loop().run_in_executor(self.workers, self._work, image, options, deadline)
                 # the place is given back when the thread is done, even if this call is cancelled first
-                work.add_done_callback(lambda _: self.admission.release(needed.memory_bytes))
-                begun, decoded, result = await asyncio.shield(work)
+                work.add_done_callback(lambda done: self._release(done, needed.memory_bytes))
+                begun, decoded, timings, reply = await asyncio.shield(work)
             finally:
                 self.admission.leave()
         except (Busy, ImageTooLarge, OverBudget) as error:
@@ -172,8 +172,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             await context.abort(stop.code, str(stop))
         except (BadImage, ValueError, TypeError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(error))
-        reply = self._reply(result)
-        t = result.timings
+        t = timings
         reply.timings.CopyFrom(pb.Timings(
             decode_ms=(decoded - begun) * 1e3, pyramid_ms=t["pyramid"] * 1e3, inference_ms=t["inference"] * 1e3,
             nms_ms=t["nms"] * 1e3, total_ms=(time.perf_counter() - start) * 1e3, queue_ms=waited * 1e3))
@@ -183,14 +182,22 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                                 f"{self.max_send_bytes:,}: ask for fewer detections or no score maps")
         return reply
 
+    def _release(self, work, nbytes):
+        if not work.cancelled():
+            work.exception()  # read, so that a call cancelled while it ran logs no warning
+        self.admission.release(nbytes)
+
     def _work(self, image, options, deadline):
-        """Decode and detect, on a worker thread."""
+        """Decode, detect and build the reply (its score maps counted in the call's memory),
+        on a worker thread."""
         deadline.check()
         begun = time.perf_counter()
         pixels = image.decode()
         decoded = time.perf_counter()
         deadline.check()
-        return begun, decoded, detect(pixels, self.net, options, check=deadline.check)
+        result = detect(pixels, self.net, options, check=deadline.check)
+        del pixels
+        return begun, decoded, result.timings, self._reply(result)
 
     def _admit(self, request):
         """The options, the (undecoded) image and the estimated cost of a request, checked
