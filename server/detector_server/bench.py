@@ -21,12 +21,11 @@ from detector.report_json import size_json
 from .client import DetectorClient
 
 
-def _start_server_process(workers=None):
-    """A ``detector serve`` process on a free loopback port, and its address. Its log goes to
-    a file, not a pipe nobody reads (which would fill and stall the server)."""
-    command = [sys.executable, "-m", "detector", "serve", "--port", "0"]
-    if workers:
-        command += ["--workers", str(workers)]
+def start_server_process(*flags):
+    """A ``detector serve --port 0 FLAGS...`` process on a free loopback port, and its
+    address. Its log goes to a file, not a pipe nobody reads (which would fill and stall the
+    server)."""
+    command = [sys.executable, "-m", "detector", "serve", "--port", "0", *flags]
     log = tempfile.TemporaryFile("w+")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     line = process.stdout.readline()
@@ -41,7 +40,7 @@ def _start_server_process(workers=None):
     return process, line.split()[-1]
 
 
-def _percentile(values, q):
+def percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
@@ -60,7 +59,7 @@ def run(address=None, concurrency=(1, 4, 16), requests=200, mode="fcn", size=(64
 
     process = None
     if address is None:
-        process, address = _start_server_process()
+        process, address = start_server_process()
     rows = []
     try:
         with DetectorClient(address, timeout=120) as client:
@@ -83,8 +82,8 @@ def run(address=None, concurrency=(1, 4, 16), requests=200, mode="fcn", size=(64
                 wall = time.perf_counter() - start
                 rows.append({"concurrency": c, "requests": requests, "rps": requests / wall,
                              "ratio_to_in_process": requests / wall / in_process,
-                             "p50_ms": _percentile(latencies, 50) * 1e3, "p95_ms": _percentile(latencies, 95) * 1e3,
-                             "p99_ms": _percentile(latencies, 99) * 1e3, "status": dict(codes)})
+                             "p50_ms": percentile(latencies, 50) * 1e3, "p95_ms": percentile(latencies, 95) * 1e3,
+                             "p99_ms": percentile(latencies, 99) * 1e3, "status": dict(codes)})
     finally:
         if process is not None:
             process.terminate()

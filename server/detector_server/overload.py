@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import detector_pb2 as pb
 from . import detector_pb2_grpc
+from .bench import percentile, start_server_process
 
 LOAD = """
 import json, os, sys, threading, grpc
@@ -50,28 +51,12 @@ os._exit(0)
 """
 
 
-def start(*flags):
-    """A ``detector serve`` process on a free port, and its address once it listens."""
-    process = subprocess.Popen([sys.executable, "-m", "detector", "serve", "--port", "0", *flags],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = process.stdout.readline()
-    if not line.startswith("listening on "):
-        process.kill()
-        raise RuntimeError("the server did not start")
-    return process, line.split()[-1]
-
-
 def peak_rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def _scene_png(width, height):
@@ -83,7 +68,7 @@ def _scene_png(width, height):
 def health_under_overload(clients, probes, processes=4):
     """Health-check and GetModelInfo latency while ``clients`` clients, in ``processes``
     processes, send Detect calls back to back."""
-    server, address = start()
+    server, address = start_server_process()
     per = [clients // processes + (i < clients % processes) for i in range(processes)]
     loads = []
     with tempfile.NamedTemporaryFile(suffix=".png") as image:
@@ -148,7 +133,7 @@ def _wait_until_refusing(stub, data, seconds=60):
 
 
 def shutdown_with_watches(streams=4):
-    server, address = start()
+    server, address = start_server_process()
     channels = [grpc.insecure_channel(address) for _ in range(streams)]
     watches = [health_pb2_grpc.HealthStub(c).Watch(health_pb2.HealthCheckRequest()) for c in channels]
     for watch in watches:
@@ -163,7 +148,7 @@ def shutdown_with_watches(streams=4):
 
 
 def shutdown_with_calls(in_flight):
-    server, address = start("--workers", "2", "--max-concurrent", str(max(16, in_flight)))
+    server, address = start_server_process("--workers", "2", "--max-concurrent", str(max(16, in_flight)))
     from detector.datasets import digits
 
     channel = grpc.insecure_channel(address)
@@ -197,7 +182,7 @@ def shutdown_with_calls(in_flight):
 def memory(requests):
     """The server's peak resident memory after each request of ``requests`` [(name, request)],
     with the default limits but for the time ceiling, raised so that the heavy calls finish."""
-    server, address = start("--max-request-seconds", "300")
+    server, address = start_server_process("--max-request-seconds", "300")
     channel = grpc.insecure_channel(address)
     stub = detector_pb2_grpc.DetectorStub(channel)
     rows = [{"request": "started", "status": "-", "peak_rss_mb": peak_rss_mb(server.pid)}]
