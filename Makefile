@@ -5,7 +5,7 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
-BUILD_SOURCES := setup.py pyproject.toml protos/detector.proto $(wildcard ext/*.pyx ext/*.pxd)
+BUILD_SOURCES := setup.py pyproject.toml protos/detector.proto $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
 
 .PHONY: demo test install clean
 

@@ -4,6 +4,7 @@ protos/detector.proto into detector_server (project metadata: pyproject.toml).
 OpenMP is used when the C compiler accepts -fopenmp (set DETECTOR_NO_OPENMP=1 to build
 without it); without it the kernels run serially and give the same results.
 """
+import glob
 import importlib.util
 import os
 import subprocess
@@ -14,7 +15,7 @@ import scipy_openblas32
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["activations", "conv", "linear", "parallel", "pool"]
+MODULES = ["activations", "conv", "linear", "parallel", "pool", "winograd"]
 
 # Set once for the whole build: the Python layer checks every shape before a kernel runs.
 DIRECTIVES = {
@@ -59,7 +60,8 @@ extensions = [
     Extension(
         f"detector._ext.{name}",
         [f"ext/{name}.pyx"],
-        include_dirs=[scipy_openblas32.get_include_dir()],
+        include_dirs=[scipy_openblas32.get_include_dir(), "ext"],
+        depends=glob.glob("ext/*.h") + glob.glob("ext/*.pxd"),
         extra_compile_args=["-O3", *omp],
         extra_link_args=omp,
     )

@@ -52,9 +52,9 @@ class Conv:
     def forward(self, x, params):
         return L.conv2d_forward(x, params["w"], params["b"], stride=self.stride, padding=self.padding)
 
-    def infer(self, x, params, relu=False, pool=None):
+    def infer(self, x, params, relu=False, pool=None, winograd_filters=None):
         return L.conv2d_infer(x, params["w"], params["b"], stride=self.stride, padding=self.padding,
-                              relu=relu, pool=pool)
+                              relu=relu, pool=pool, winograd_filters=winograd_filters)
 
     def backward(self, dout, cache):
         dx, dw, db = L.conv2d_backward(dout, cache)
@@ -192,10 +192,14 @@ def inference_steps(layers):
     return steps
 
 
-def infer(layers, params, x):
+def infer(layers, params, x, winograd_filters=None):
     """The output of ``layers`` (parameters named "<layer>.<key>") on x, by the inference
-    kernels: no caches, and fused as :func:`inference_steps` says."""
+    kernels: no caches, and fused as :func:`inference_steps` says. ``winograd_filters``:
+    {layer name: ``detector.winograd.prepare(w)``} for convolutions whose filters are ready."""
+    prepared = winograd_filters or {}
     for layer, options in inference_steps(layers):
+        if layer.name in prepared:
+            options = {**options, "winograd_filters": prepared[layer.name]}
         x = layer.infer(x, layer_params(params, layer), **options)
     return x
 

@@ -14,12 +14,16 @@ warning that names the layers.
 
 The pass runs on the inference kernels (:func:`detector.architecture.infer`): no caches, and
 each convolution applies the ReLU and the tiling max-pool after it in its own output stage.
+Each convolution runs by im2col + GEMM or by Winograd's algorithm, as the cost model of
+:mod:`detector.winograd` expects faster for the image at hand; the FCN transforms its filters
+for the Winograd kernel once, when it is made from the net (its parameters are a copy).
 """
 import warnings
 
 import numpy as np
 
 from . import layers as L
+from . import winograd
 from .architecture import Conv, Linear, Pool, infer
 
 # Activation memory one tile of rows may take; tiles overlap by the window and stitch
@@ -37,9 +41,14 @@ class FullyConvNet:
         self.layers, self.params = layers, params
         self.window, self.total_stride = window, total_stride
         self.outputs, self.exact = outputs, exact
+        # the Winograd transform of every filter bank it can take, made once: the FCN's
+        # parameters are its own copy, so they stay in step
+        self.winograd_filters = {
+            layer.name: winograd.prepare(params[f"{layer.name}.w"]) for layer in layers
+            if isinstance(layer, Conv) and winograd.accepts(params[f"{layer.name}.w"], layer.stride)}
 
     def _forward(self, x):
-        return infer(self.layers, self.params, x)
+        return infer(self.layers, self.params, x, self.winograd_filters)
 
     def map_size(self, h, w):
         """(rows, columns) of the score map of an h x w input."""
@@ -94,7 +103,7 @@ def unroll(net, strict=True):
         warnings.warn(message, stacklevel=3)
     layers, params = [], {}
     for layer, shape in zip(net.layers, net.shapes):
-        own = net.params_of(layer)
+        own = {k: v.copy() for k, v in net.params_of(layer).items()}  # a snapshot of the net
         if isinstance(layer, Linear):
             in_shape = shape if len(shape) == 3 else (shape[0], 1, 1)
             w, b = L.linear_to_conv(own["w"], own["b"], tuple(in_shape))

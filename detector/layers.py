@@ -32,6 +32,8 @@ from ._ext import activations as _activations
 from ._ext import conv as _conv
 from ._ext import linear as _linear
 from ._ext import pool as _pool
+from ._ext import winograd as _wg
+from . import winograd as _winograd
 from .shapes import output_size, pair
 from .threads import get_num_threads
 
@@ -134,7 +136,8 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     return out, ConvCache(x, w, (sh, sw), (ph, pw))
 
 
-def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None):
+def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm="auto",
+                 winograd_filters=None):
     """The output of :func:`conv2d_forward` alone (no cache), for inference.
 
     With ``relu``, max(out, 0) (NaN passes); with ``pool`` (an int or an (h, w) pair), then
@@ -142,16 +145,65 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None):
     :func:`max_pool2d_infer` would. Both happen in the convolution's output stage, block by
     block while it is in cache: the unpooled output is never stored.
     x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), or
-    (N, K, OH // pool_h, OW // pool_w) with a pool. Equals the training path within
-    rounding (bias is added after the GEMM here, before it there).
+    (N, K, OH // pool_h, OW // pool_w) with a pool.
+
+    ``algorithm``: "im2col" (im2col + GEMM; equals the training path within rounding: bias
+    is added after the GEMM here, before it there), "winograd" (F(2x2, 5x5) or F(4x4, 3x3),
+    :mod:`detector.winograd`; float32, stride 1, square 3x3 or 5x5 filters, a square pool
+    that tiles the Winograd tile) or "auto", the one :func:`conv_algorithm` expects faster.
+    ``winograd_filters``: ``detector.winograd.prepare(w)``, made once for many calls with the
+    same filters (the caller keeps them in step with ``w``); without it the Winograd kernel
+    transforms ``w`` on each call.
     """
     x, w, b, (sh, sw), (ph, pw), (oh, ow) = _conv_args(x, w, b, stride, padding)
     qh, qw = (1, 1) if pool is None else pair(pool, "pool", 1)
     out_h = output_size(oh, qh, 0, qh, "height after the pool")
     out_w = output_size(ow, qw, 0, qw, "width after the pool")
     out = np.empty((x.shape[0], w.shape[0], out_h, out_w), x.dtype)
-    _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, not {algorithm!r}")
+    why_not = _winograd_unfit(x, w, (sh, sw), (qh, qw))
+    if algorithm == "winograd" and why_not:
+        raise ValueError(f"the Winograd convolution cannot run this layer: {why_not}")
+    if winograd_filters is not None and tuple(winograd_filters.shape) != w.shape:
+        raise ValueError(f"winograd_filters were prepared for filters {tuple(winograd_filters.shape)}, "
+                         f"not {w.shape}")
+    if algorithm == "auto":
+        algorithm = "im2col" if why_not else conv_algorithm(x.shape, w.shape, (oh, ow), qh,
+                                                            winograd_filters is not None)
+    if algorithm == "winograd":
+        filters = winograd_filters or _winograd.prepare(w)
+        at = _winograd.transforms(filters.m, w.shape[2])[0].astype(np.float32)
+        _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), qh, get_num_threads())
+    else:
+        _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
     return out
+
+
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+
+def _winograd_unfit(x, w, stride, pool):
+    """Why the Winograd kernel cannot run this convolution, or "" when it can."""
+    k, _, fh, fw = w.shape
+    if x.dtype != np.float32:
+        return f"it computes in float32, and x is {x.dtype}"
+    if stride != (1, 1):
+        return f"it needs stride 1, not {stride}"
+    if fh != fw or fh not in _winograd.TILES:
+        return f"it takes square filters of {' or '.join(f'{r}x{r}' for r in _winograd.TILES)}, not {fh}x{fw}"
+    m = _winograd.TILES[fh]
+    if pool[0] != pool[1] or m % pool[0]:
+        return f"its {m}x{m} output tiles are not whole {pool[0]}x{pool[1]} pool windows"
+    return ""
+
+
+def conv_algorithm(x_shape, w_shape, out_size, pool=1, prepared=False):
+    """The algorithm expected faster for a stride-1 float32 convolution that both can run:
+    "winograd" or "im2col", by the cost model of :mod:`detector.winograd` (``pool``: the side
+    of the max-pool fused after it; ``prepared``: the Winograd filters are ready, so their
+    transform costs nothing)."""
+    return "winograd" if _winograd.faster(x_shape, w_shape, out_size, pool, prepared) else "im2col"
 
 
 def conv2d_backward(dout, cache):

@@ -132,7 +132,8 @@ def fitting_pool(cfg, i):
 def test_inference_matches_naive_loop_and_the_training_layers(i, cfg):
     x, w, b = cfg.arrays(seed=i)
     relu, pool = i % 2 == 0, fitting_pool(cfg, i)
-    out = L.conv2d_infer(x, w, b, stride=cfg.stride, padding=cfg.padding, relu=relu, pool=pool)
+    out = L.conv2d_infer(x, w, b, stride=cfg.stride, padding=cfg.padding, relu=relu, pool=pool,
+                         algorithm="im2col")  # the Winograd kernel: tests/test_winograd.py
     expected = naive_infer(x, w, b, cfg, relu, pool)
     assert out.dtype == x.dtype and out.shape == expected.shape
     np.testing.assert_allclose(out, expected, **tolerance(cfg.dtype))
@@ -164,7 +165,8 @@ def test_inference_in_row_blocks_matches_naive_loop(cfg, pool):
     assert blocks >= 3, "the shape must be cut into several blocks to test the split"
     x, w, b = cfg.arrays()
     for relu in (False, True):
-        out = L.conv2d_infer(x, w, b, stride=cfg.stride, padding=cfg.padding, relu=relu, pool=pool)
+        out = L.conv2d_infer(x, w, b, stride=cfg.stride, padding=cfg.padding, relu=relu, pool=pool,
+                             algorithm="im2col")
         np.testing.assert_allclose(out, naive_infer(x, w, b, cfg, relu, pool), **tolerance(cfg.dtype))
 
 

@@ -20,9 +20,12 @@ def run_inference_kernels(seed=0):
     big = rng.standard_normal((1, 16, 90, 54)).astype(np.float32)  # blocks by the cache budget
     w_big = rng.standard_normal((64, 16, 5, 5)).astype(np.float32)
     b_big = rng.standard_normal(64).astype(np.float32)
-    results = [L.conv2d_infer(x, w, b, padding=(2, 1), relu=relu, pool=pool)
+    results = [L.conv2d_infer(x, w, b, padding=(2, 1), relu=relu, pool=pool, algorithm="im2col")
                for relu in (False, True) for pool in (None, 2, (3, 2))]
-    results += [L.conv2d_infer(big, w_big, b_big, relu=True, pool=pool) for pool in (None, 2)]
+    results += [L.conv2d_infer(big, w_big, b_big, relu=True, pool=pool, algorithm=algorithm)
+                for pool in (None, 2) for algorithm in ("im2col", "winograd")]
+    results += [L.conv2d_infer(x, w, b, padding=(2, 1), relu=True, pool=pool, algorithm="winograd")
+                for pool in (None, 2)]
     results += [L.max_pool2d_infer(x, size, stride=stride, padding=padding)
                 for size, stride, padding in [(2, 2, 0), (3, 2, 1), ((2, 3), 1, 0)]]
     return results

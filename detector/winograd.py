@@ -1,0 +1,133 @@
+"""Winograd's minimal filtering, F(m x m, r x r): the transforms, and the filters made ready.
+
+A correlation of m outputs with an r-tap filter, by Toom-Cook over n = m + r - 1 points
+(here 0, 1, -1, 2, -2, 1/2, -1/2, ... and infinity, whose row picks a polynomial's leading
+coefficient), is ``A^T [(G g) * (B^T d)]``; in two
+dimensions ``A^T [(G g G^T) * (B^T d B)] A`` (Lavin and Gray, "Fast Algorithms for
+Convolutional Neural Networks", 2016). The matrices are built here exactly, in rationals:
+with V the Vandermonde matrix of the points, ``A^T = V[:, :m]^T``, ``G = V[:, :r]`` and ``B^T = V^{-T}``; each row of B^T is then scaled
+to integers and G's row divided by the same factor.
+
+float32 error grows with the tile: the points' powers reach 2^(n-2). F(2x2, 5x5) and
+F(4x4, 3x3) (n = 6) stay within a few float32 ulps of the layer's largest partial sums
+(measured in tests/test_winograd.py); larger tiles are not offered.
+"""
+from fractions import Fraction
+from functools import lru_cache
+from math import lcm
+from typing import NamedTuple
+
+import numpy as np
+
+from ._ext import winograd as _kernel
+
+POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2),
+          Fraction(-1, 2))
+
+# (output tile m, filter size r) offered, by filter size: n = m + r - 1 = 6 for both
+TILES = {3: 4, 5: 2}
+
+
+def _inverse(matrix):
+    """The inverse of a square matrix of Fractions, by Gauss-Jordan elimination."""
+    n = len(matrix)
+    a = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(matrix)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if a[r][col] != 0)
+        a[col], a[pivot] = a[pivot], a[col]
+        inv = 1 / a[col][col]
+        a[col] = [v * inv for v in a[col]]
+        for r in range(n):
+            if r != col and a[r][col] != 0:
+                f = a[r][col]
+                a[r] = [v - f * p for v, p in zip(a[r], a[col])]
+    return [row[n:] for row in a]
+
+
+@lru_cache(maxsize=None)
+def transforms(m, r):
+    """(A^T (m, n), G (n, r), B^T (n, n)) of F(m, r) as float64 arrays, exact in rationals."""
+    n = m + r - 1
+    if not 2 <= n <= len(POINTS) + 1:
+        raise ValueError(f"F({m}, {r}) needs {n} points; at most {len(POINTS) + 1} are defined")
+    points = POINTS[:n - 1]
+    vander = [[p ** j for j in range(n)] for p in points] + [[Fraction(int(j == n - 1)) for j in range(n)]]
+    inv = _inverse(vander)
+    at = [[vander[i][j] for i in range(n)] for j in range(m)]
+    at[m - 1][n - 1] = Fraction(1)  # infinity: the leading coefficient, of each truncation
+    g = [[vander[i][j] if j < r else 0 for j in range(r)] for i in range(n)]
+    g[n - 1] = [Fraction(int(j == r - 1)) for j in range(r)]
+    bt = [[inv[j][i] for j in range(n)] for i in range(n)]  # (V^-1)^T
+    for i in range(n):  # B^T's row i to integers, G's row i divided to match
+        scale = lcm(*(v.denominator for v in bt[i]))
+        bt[i] = [v * scale for v in bt[i]]
+        g[i] = [v / scale for v in g[i]]
+    as_array = lambda rows: np.array([[float(v) for v in row] for row in rows])  # noqa: E731
+    return as_array(at), as_array(g), as_array(bt)
+
+
+class Filters(NamedTuple):
+    """Filters made ready for the Winograd kernel by :func:`prepare`: ``u`` (n*n, K padded
+    to the kernel's block, C) = G g G^T, for output tiles of ``m`` x ``m``; ``shape`` is that
+    of the filters, (K, C, r, r)."""
+    u: np.ndarray
+    m: int
+    shape: tuple
+
+
+def accepts(w, stride=1):
+    """True when the Winograd kernel can run filters w (K, C, r, r) at this stride."""
+    w = np.asarray(w)
+    return (w.ndim == 4 and w.dtype == np.float32 and stride in (1, (1, 1))
+            and w.shape[2] == w.shape[3] and w.shape[2] in TILES)
+
+
+def prepare(w):
+    """The :class:`Filters` of float32 filters w (K, C, r, r), r in :data:`TILES`: computed
+    once, they serve every call of :func:`detector.layers.conv2d_infer` with these filters."""
+    k, c, r, _ = w.shape
+    m = TILES[r]
+    _, g, _ = transforms(m, r)
+    u = np.empty((g.shape[0] ** 2, -(-k // _kernel.FILTER_BLOCK) * _kernel.FILTER_BLOCK, c), np.float32)
+    _kernel.transform_filters(np.ascontiguousarray(w, np.float32), g, u)
+    return Filters(u, m, tuple(w.shape))
+
+
+# The cost model: seconds for one image on one thread, a sum of counts times coefficients
+# fitted (non-negative least squares on relative error) to 600 timings of both kernels: C in
+# 1..64, K in 8..128, sides 12..132, with and without a pool, r = 3 and 5. Choosing by it cost
+# 1-2% against always taking the faster kernel (mean), and 2x on a few layers that take
+# microseconds. Columns: multiply-adds, input values moved, output values, a call.
+IM2COL_COST = {5: (1.011e-11, 1.399e-10, 4.161e-11, 9.33e-6),
+               3: (1.049e-11, 1.057e-10, 9.311e-11, 8.68e-6)}
+# multiply-adds of the tile products, transformed inputs, transformed outputs, a call
+WINOGRAD_COST = {5: (8.289e-12, 2.275e-10, 4.050e-10, 6.48e-6),
+                 3: (8.116e-12, 2.920e-10, 2.113e-10, 4.63e-6)}
+PREPARE_COST = 1.27e-7  # seconds per filter and input channel, to transform them
+
+
+def _tiles(out_h, out_w, m, pool):
+    """Tiles the kernel computes: the kept outputs in m x m tiles, rows of them padded to
+    whole chunks (as ext/winograd.pyx cuts them)."""
+    rows, cols = -(-(out_h // pool * pool) // m), -(-(out_w // pool * pool) // m)
+    per_chunk = min(_kernel.MAX_TILES_PER_CHUNK, -(-cols // 32) * 32)
+    return rows * -(-cols // per_chunk) * per_chunk
+
+
+def cost(x_shape, w_shape, out_size, pool=1, prepared=False):
+    """(im2col seconds, Winograd seconds) the cost model expects for a stride-1 convolution
+    of x (N, C, H, W) by w (K, C, r, r) with outputs (OH, OW), on one thread."""
+    n, c = x_shape[:2]
+    k, _, r, _ = w_shape
+    oh, ow = out_size
+    m, kp = TILES[r], -(-k // _kernel.FILTER_BLOCK) * _kernel.FILTER_BLOCK
+    p, t = oh * ow, _tiles(oh, ow, m, pool)
+    im2col = np.dot(IM2COL_COST[r], (p * k * c * r * r, p * c * r * r, p * k, 1 / n)) * n
+    winograd = np.dot(WINOGRAD_COST[r], (t * 36 * kp * c, t * 36 * c, t * kp * m * m, 1 / n)) * n
+    return float(im2col), float(winograd + (0 if prepared else PREPARE_COST * k * c))
+
+
+def faster(x_shape, w_shape, out_size, pool=1, prepared=False):
+    """True when the cost model expects the Winograd kernel to beat im2col + GEMM here."""
+    im2col, winograd = cost(x_shape, w_shape, out_size, pool, prepared)
+    return winograd < im2col

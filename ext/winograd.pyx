@@ -1,0 +1,131 @@
+"""Winograd convolution for inference, float32, stride 1: F(m x m, r x r) tiles.
+
+Each output tile of m x m values is computed from an n x n input patch (n = m + r - 1) as
+A^T [(G g G^T) * (B^T d B)] A: n*n multiplications per tile and pair of channels instead
+of m*m*r*r. The filters come transformed (U = G g G^T, by detector.winograd); this module
+does the rest, in chunks of up to TILES tiles of one tile row, each from input to finished
+output in per-thread scratch (see winograd_body.h). Chunks depend on the shapes only, never
+on the thread count, so results are bit-identical for any number of threads.
+
+The output stage adds the bias and applies the ReLU and a q x q max-pool when q divides m
+(a tile is then whole pool windows), as conv2d_infer does.
+"""
+import numpy as np
+
+from cython.parallel cimport parallel, prange, threadid
+
+cdef extern from "winograd.h" nogil:
+    ctypedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
+                                 int, int, int, const float *, Py_ssize_t,
+                                 Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, Py_ssize_t,
+                                 Py_ssize_t, float *) noexcept
+    wg_chunk_fn wg_chunk
+    const char *wg_isa
+    int WG_KB_MAX, WG_N, WG_MMAX
+    void wg_select()
+    Py_ssize_t wg_scratch_floats(Py_ssize_t C, int m, Py_ssize_t tb)
+    void wg_input_matrix(float *bt)
+
+wg_select()
+
+# Tiles per chunk, a multiple of 32 (the micro-kernel's width): the chunk's transformed input
+# (n*n x C x TILES floats) stays in L2 for the channel counts of small nets.
+cdef Py_ssize_t TILES = 32
+
+# Filters of U are padded with zeros to a multiple of this (every register block fits in it).
+FILTER_BLOCK = WG_KB_MAX
+MAX_TILES_PER_CHUNK = TILES
+
+
+# Every tile reads an N x N input patch, and gives at most M_MAX x M_MAX outputs.
+N = WG_N
+M_MAX = WG_MMAX
+
+
+def input_matrix():
+    """B^T (N, N) as the kernel applies it, read back from its transform of unit vectors."""
+    bt = np.empty((WG_N, WG_N), np.float32)
+    cdef float[:, ::1] view = bt
+    wg_input_matrix(&view[0, 0])
+    return bt
+
+
+def instruction_set():
+    """The copy of the kernel this CPU runs: "avx512", "avx2" or "baseline"."""
+    return wg_isa.decode()
+
+
+def tiles_per_chunk(Py_ssize_t tiles_per_row):
+    """Tiles in each chunk of a tile row (a multiple of 32, at most TILES)."""
+    return min(TILES, (tiles_per_row + 31) // 32 * 32)
+
+
+def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
+                      const double[:, ::1] g,  # IN (N, r): G
+                      float[:, :, ::1] u):  # OUT (N*N, Kp, C), Kp >= K: U = G w G^T, rest 0
+    """u[i * N + j, k, c] = sum over a, b of g[i, a] w[k, c, a, b] g[j, b], in float64."""
+    cdef Py_ssize_t K = w.shape[0], C = w.shape[1], r = w.shape[2], n = g.shape[0]
+    cdef Py_ssize_t k, c, i, j, a, bb, nn = n * n, Kp = u.shape[1]
+    cdef double gm[8][8]
+    cdef double half[8][8]
+    cdef double acc
+    cdef const float *f
+    cdef float *dst = &u[0, 0, 0]
+    for i in range(n):
+        for a in range(r):
+            gm[i][a] = g[i, a]
+    with nogil:
+        for i in range(nn * Kp * C):
+            dst[i] = 0
+        for k in range(K):
+            for c in range(C):
+                f = &w[k, c, 0, 0]
+                for i in range(n):  # half = G w (n x r)
+                    for bb in range(r):
+                        acc = 0
+                        for a in range(r):
+                            acc = acc + gm[i][a] * f[a * r + bb]
+                        half[i][bb] = acc
+                for i in range(n):  # G w G^T
+                    for j in range(n):
+                        acc = 0
+                        for bb in range(r):
+                            acc = acc + half[i][bb] * gm[j][bb]
+                        dst[((i * n + j) * Kp + k) * C + c] = <float>acc
+
+
+def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
+                   const float[:, :, ::1] u,  # IN (n*n, Kp, C), Kp a multiple of FILTER_BLOCK
+                   const float[::1] b,  # IN (K,)
+                   const float[:, ::1] at,  # IN (m, N): A^T; B^T is input_matrix()
+                   float[:, :, :, ::1] out,  # OUT (N, K, OH // q, OW // q)
+                   Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OH, Py_ssize_t OW,
+                   bint apply_relu, int q, int num_threads):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = b.shape[0], Kp = u.shape[1]
+    cdef int m = at.shape[0]
+    cdef Py_ssize_t OHo = out.shape[2], OWo = out.shape[3]
+    # the tiles that hold an output that is kept (with a pool, the rows and columns of
+    # incomplete windows are never computed)
+    cdef Py_ssize_t rows = (OHo * q + m - 1) // m, cols = (OWo * q + m - 1) // m
+    cdef Py_ssize_t tb = tiles_per_chunk(cols), per_row = (cols + tb - 1) // tb
+    cdef Py_ssize_t floats = wg_scratch_floats(C, m, tb)
+    # 16 floats of slack per thread to start each thread's scratch on a 64-byte line
+    cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
+    cdef Py_ssize_t chunk, img, ti, t0, count, offset
+    cdef float *s
+    if N == 0 or K == 0 or rows == 0 or cols == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        s = &scratch[threadid(), 0]
+        offset = (<size_t>s // 4) % 16
+        s = s + (16 - offset) % 16
+        for chunk in prange(N * rows * per_row, schedule='static'):
+            img = chunk // (rows * per_row)
+            ti = chunk // per_row % rows
+            t0 = chunk % per_row * tb
+            count = min(tb, cols - t0)
+            wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
+                     apply_relu, q, m, &at[0, 0], ti, t0, count, tb,
+                     &out[img, 0, 0, 0], OHo, OWo, s)

@@ -1,0 +1,265 @@
+/* One chunk of the Winograd convolution F(m x m, r x r), compiled once per instruction set.
+ *
+ * winograd.h includes this file several times, each time with WG(name) giving the names of
+ * that copy, WG_VW the floats of its vector type and WG_KB the filters of its register
+ * block, inside a `#pragma GCC target` region: the same source becomes an AVX-512, an AVX2
+ * and a baseline kernel, and winograd.h picks one at run time.
+ *
+ * A chunk is a run of up to Tb tiles of one tile row of one image (a tile: m x m outputs,
+ * read from an n x n input patch, n = m + r - 1). It is computed from start to end in the
+ * caller's scratch, all of it in the core's L2 cache:
+ *   1. the chunk's n input rows of every channel, copied with the padding as zeros and split
+ *      into their m column phases, so that every later read is contiguous over tiles;
+ *   2. V[xi][c][t] = (B^T d B)[xi], the input transform of each tile t and channel c;
+ *   3. per block of WG_KB filters: M[xi][k][t] = sum over c of U[xi][k][c] V[xi][c][t], a
+ *      register-blocked vector micro-kernel (the element-wise stage as n*n small GEMMs);
+ *   4. Y = A^T M A per filter and tile, then bias, the ReLU and a max-pool of q x q windows
+ *      (q divides m: a tile is whole pool windows), written to the output.
+ * Every loop runs over tiles innermost (Tb is a multiple of 32), which the compiler turns
+ * into vector code for the region's instruction set.
+ */
+
+typedef float WG(vf) __attribute__((vector_size(WG_VW * 4), aligned(4)));
+typedef int WG(vi) __attribute__((vector_size(WG_VW * 4), aligned(4)));
+
+/* lanes 0, VW, 1, VW + 1, ... of two vectors (lo), and the second half of that (hi) */
+#if WG_VW == 16
+static const WG(vi) WG(interleave_lo) = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+static const WG(vi) WG(interleave_hi) = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+#elif WG_VW == 8
+static const WG(vi) WG(interleave_lo) = {0, 8, 1, 9, 2, 10, 3, 11};
+static const WG(vi) WG(interleave_hi) = {4, 12, 5, 13, 6, 14, 7, 15};
+#else
+static const WG(vi) WG(interleave_lo) = {0, 4, 1, 5};
+static const WG(vi) WG(interleave_hi) = {2, 6, 3, 7};
+#endif
+
+/* a where the mask is set, else b (a mask lane is all ones or all zeros) */
+static inline WG(vf) WG(select)(WG(vi) mask, WG(vf) a, WG(vf) b)
+{
+    return (WG(vf))(((WG(vi))a & mask) | ((WG(vi))b & ~mask));
+}
+
+/* as windows.pxd's nan_max and relu: a NaN wins the max and passes the ReLU */
+static inline WG(vf) WG(nan_max)(WG(vf) best, WG(vf) v)
+{
+    return WG(select)((v > best) | (v != v), v, best);
+}
+
+static inline WG(vf) WG(relu)(WG(vf) v)
+{
+    return WG(select)((v > 0) | (v != v), v, (WG(vf)){0});
+}
+
+/* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * tb + t], for WG_KB filters, all tb tiles */
+static inline void WG(gemm_block)(const float *restrict u, Py_ssize_t ldu,
+                                  const float *restrict v, Py_ssize_t C, Py_ssize_t tb,
+                                  float *restrict m)
+{
+    for (Py_ssize_t t = 0; t < tb; t += 2 * WG_VW) {
+        WG(vf) acc0[WG_KB], acc1[WG_KB];
+        for (int kk = 0; kk < WG_KB; kk++) {
+            acc0[kk] = (WG(vf)){0};
+            acc1[kk] = (WG(vf)){0};
+        }
+        const float *vt = v + t;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            WG(vf) v0 = *(const WG(vf) *)(vt + c * tb);
+            WG(vf) v1 = *(const WG(vf) *)(vt + c * tb + WG_VW);
+#pragma GCC unroll 8
+            for (int kk = 0; kk < WG_KB; kk++) {
+                float uk = u[kk * ldu + c];
+                acc0[kk] += uk * v0;
+                acc1[kk] += uk * v1;
+            }
+        }
+        for (int kk = 0; kk < WG_KB; kk++) {
+            *(WG(vf) *)(m + kk * tb + t) = acc0[kk];
+            *(WG(vf) *)(m + kk * tb + t + WG_VW) = acc1[kk];
+        }
+    }
+}
+
+/* o[nu] = sum over s of B^T[nu][s] d[s], B^T of the six points 0, 1, -1, 2, -2 and infinity
+ * (detector.winograd.transforms(m, r)[2] for every n = 6 tile; tests check they agree). */
+static inline void WG(bt6)(WG(vf) d0, WG(vf) d1, WG(vf) d2, WG(vf) d3, WG(vf) d4, WG(vf) d5,
+                           WG(vf) *o)
+{
+    WG(vf) s12 = d1 + d2, d21 = d2 - d1, s34 = d3 + d4, d34 = d3 - d4;
+    WG(vf) d31 = d3 - d1, d42 = d4 - d2;
+    o[0] = 4 * d0 - 5 * d2 + d4;
+    o[1] = 4 * s12 - s34;
+    o[2] = 4 * d21 + d34;
+    o[3] = 2 * d31 + d42;
+    o[4] = d42 - 2 * d31;
+    o[5] = 4 * d1 - 5 * d3 + d5;
+}
+
+/* o0, o1 = A^T d of F(2, r) over the six points: [1 1 1 1 1 0] d and [0 1 -1 2 -2 1] d */
+static inline void WG(at2)(WG(vf) d0, WG(vf) d1, WG(vf) d2, WG(vf) d3, WG(vf) d4, WG(vf) d5,
+                           WG(vf) *o0, WG(vf) *o1)
+{
+    WG(vf) s12 = d1 + d2, s34 = d3 + d4;
+    *o0 = d0 + s12 + s34;
+    *o1 = (d1 - d2) + 2 * (d3 - d4) + d5;
+}
+
+/* Steps 1 and 2: v[xi][c][t] for the tiles t0 .. t0 + tb - 1 of tile row ti. */
+static void WG(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t PH, Py_ssize_t PW, int m, Py_ssize_t ti,
+                                Py_ssize_t t0, Py_ssize_t tb, float *restrict phases,
+                                float *restrict v)
+{
+    /* phases[r][p][j] = x[c][ti*m - PH + r][(t0 + j)*m - PW + p], 0 outside the image */
+    const Py_ssize_t J = tb + (WG_N - 1) / m + 1;
+    const Py_ssize_t col0 = t0 * m - PW;
+    for (Py_ssize_t c = 0; c < C; c++) {
+        for (int r = 0; r < WG_N; r++) {
+            Py_ssize_t iy = ti * m - PH + r;
+            const float *src = x + (c * H + iy) * W;
+            for (int p = 0; p < m; p++) {
+                float *dst = phases + (r * m + p) * J;
+                if (iy < 0 || iy >= H) {
+                    for (Py_ssize_t j = 0; j < J; j++)
+                        dst[j] = 0;
+                    continue;
+                }
+                /* columns col0 + j*m + p inside [0, W): j in [lo, hi) */
+                Py_ssize_t first = col0 + p;
+                Py_ssize_t lo = first >= 0 ? 0 : (-first + m - 1) / m;
+                Py_ssize_t hi = first >= W ? 0 : (W - first + m - 1) / m;
+                if (hi > J) hi = J;
+                if (lo > hi) lo = hi;
+                for (Py_ssize_t j = 0; j < lo; j++)
+                    dst[j] = 0;
+                const float *from = src + first;
+                if (m == 2)  /* constant strides, which the compiler turns into shuffles */
+                    for (Py_ssize_t j = lo; j < hi; j++)
+                        dst[j] = from[2 * j];
+                else if (m == 4)
+                    for (Py_ssize_t j = lo; j < hi; j++)
+                        dst[j] = from[4 * j];
+                else
+                    for (Py_ssize_t j = lo; j < hi; j++)
+                        dst[j] = from[j * m];
+                for (Py_ssize_t j = hi; j < J; j++)
+                    dst[j] = 0;
+            }
+        }
+        /* per vector of tiles: e = d B (rows), then v = B^T e (columns) */
+        for (Py_ssize_t t = 0; t < tb; t += WG_VW) {
+            WG(vf) e[WG_N][WG_N], o[WG_N];
+            for (int r = 0; r < WG_N; r++) {
+                const float *row = phases + r * m * J + t;
+#define WG_D(s) (*(const WG(vf) *)(row + ((s) % m) * J + (s) / m))
+                WG(bt6)(WG_D(0), WG_D(1), WG_D(2), WG_D(3), WG_D(4), WG_D(5), e[r]);
+#undef WG_D
+            }
+            for (int nu = 0; nu < WG_N; nu++) {
+                WG(bt6)(e[0][nu], e[1][nu], e[2][nu], e[3][nu], e[4][nu], e[5][nu], o);
+                for (int mu = 0; mu < WG_N; mu++)
+                    *(WG(vf) *)(v + ((Py_ssize_t)(mu * WG_N + nu) * C + c) * tb + t) = o[mu];
+            }
+        }
+    }
+}
+
+/* Step 4 for one filter: y = A^T M A over the chunk's tiles, bias, ReLU, pool, stored. */
+static void WG(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m,
+                                 const float *restrict at, Py_ssize_t tb, Py_ssize_t count,
+                                 float bias, int relu, int q, Py_ssize_t ti, Py_ssize_t t0,
+                                 float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
+{
+    const int per = m / q;
+    float best[WG_MMAX][WG_MMAX][WG_VW];  /* [a2][b2][tile]: the pooled, finished values */
+    for (Py_ssize_t t = 0; t < count; t += WG_VW) {
+        WG(vf) z[WG_MMAX][WG_N], y[WG_MMAX][WG_MMAX];
+        if (m == 2) {  /* A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1], written out */
+            for (int nu = 0; nu < WG_N; nu++) {
+#define WG_M(mu) (*(const WG(vf) *)(mk + ((mu) * WG_N + nu) * ldxi + t))
+                WG(at2)(WG_M(0), WG_M(1), WG_M(2), WG_M(3), WG_M(4), WG_M(5), &z[0][nu], &z[1][nu]);
+#undef WG_M
+            }
+            for (int a = 0; a < 2; a++)
+                WG(at2)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], &y[a][0], &y[a][1]);
+        } else {
+            /* z[a][nu] = sum over mu of at[a][mu] M[mu][nu] */
+            for (int nu = 0; nu < WG_N; nu++) {
+                WG(vf) col[WG_N];
+                for (int mu = 0; mu < WG_N; mu++)
+                    col[mu] = *(const WG(vf) *)(mk + (mu * WG_N + nu) * ldxi + t);
+                for (int a = 0; a < m; a++) {
+                    WG(vf) acc = col[0] * at[a * WG_N];
+                    for (int mu = 1; mu < WG_N; mu++)
+                        acc += col[mu] * at[a * WG_N + mu];
+                    z[a][nu] = acc;
+                }
+            }
+            /* y[a][b] = sum over nu of z[a][nu] at[b][nu] */
+            for (int a = 0; a < m; a++)
+                for (int b = 0; b < m; b++) {
+                    WG(vf) acc = z[a][0] * at[b * WG_N];
+                    for (int nu = 1; nu < WG_N; nu++)
+                        acc += z[a][nu] * at[b * WG_N + nu];
+                    y[a][b] = acc;
+                }
+        }
+        /* max over each q x q window (q = 1: none), then the bias and the ReLU; max and
+         * ReLU commute with adding the bias */
+        for (int a2 = 0; a2 < per; a2++)
+            for (int b2 = 0; b2 < per; b2++) {
+                WG(vf) top = y[a2 * q][b2 * q];
+                for (int i = 0; i < q; i++)
+                    for (int j = 0; j < q; j++)
+                        if (i || j)
+                            top = WG(nan_max)(top, y[a2 * q + i][b2 * q + j]);
+                top += bias;
+                if (relu)
+                    top = WG(relu)(top);
+                *(WG(vf) *)best[a2][b2] = top;
+            }
+        Py_ssize_t n_t = count - t < WG_VW ? count - t : WG_VW;
+        int whole = n_t == WG_VW && (t0 + t + WG_VW) * per <= OWo;
+        for (int a2 = 0; a2 < per; a2++) {
+            Py_ssize_t row = (ti * m) / q + a2;
+            if (row >= OHo)
+                break;
+            float *restrict orow = out + row * OWo + (t0 + t) * per;
+            if (whole && per == 1) {
+                *(WG(vf) *)orow = *(WG(vf) *)best[a2][0];
+            } else if (whole && per == 2) {  /* the two columns of each tile, interleaved */
+                WG(vf) lo = *(WG(vf) *)best[a2][0], hi = *(WG(vf) *)best[a2][1];
+                *(WG(vf) *)orow = __builtin_shuffle(lo, hi, WG(interleave_lo));
+                *(WG(vf) *)(orow + WG_VW) = __builtin_shuffle(lo, hi, WG(interleave_hi));
+            } else {
+                for (Py_ssize_t i = 0; i < n_t; i++)
+                    for (int b2 = 0; b2 < per && (t0 + t + i) * per + b2 < OWo; b2++)
+                        orow[i * per + b2] = best[a2][b2][i];
+            }
+        }
+    }
+}
+
+/* The whole chunk: tiles t0 .. t0 + count - 1 (count <= tb) of tile row ti of one image.
+ * u: (n*n, Kp, C) with Kp a multiple of 8; out: (K, OHo, OWo) of this image. */
+static void WG(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t PH, Py_ssize_t PW, const float *restrict u, Py_ssize_t K,
+                      Py_ssize_t Kp, const float *restrict bias, int relu, int q,
+                      int m, const float *restrict at,
+                      Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t count, Py_ssize_t tb,
+                      float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo, float *restrict scratch)
+{
+    const Py_ssize_t nn = WG_N * WG_N;
+    float *v = scratch;                                  /* nn * C * tb */
+    float *mb = v + nn * C * tb;                         /* nn * WG_KB * tb */
+    float *phases = mb + nn * WG_KB * tb;                /* WG_N * m * (tb + (WG_N - 1) / m + 1) */
+    WG(input_transform)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
+    for (Py_ssize_t k0 = 0; k0 < K; k0 += WG_KB) {
+        for (Py_ssize_t xi = 0; xi < nn; xi++)
+            WG(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * C * tb, C, tb,
+                           mb + xi * WG_KB * tb);
+        for (int kk = 0; kk < WG_KB && k0 + kk < K; kk++)
+            WG(output_transform)(mb + kk * tb, WG_KB * tb, m, at, tb, count, bias[k0 + kk],
+                                 relu, q, ti, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
+    }
+}

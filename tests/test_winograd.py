@@ -1,0 +1,181 @@
+"""The Winograd convolution: its transforms against direct correlation, its kernel against the
+naive loop (within its stated float32 error), identical bits for any thread count, and the
+cost model's choice."""
+import numpy as np
+import pytest
+
+from detector import layers as L
+from detector import winograd
+from detector._ext import winograd as kernel
+
+import reference as ref
+
+# The kernel's float32 error, bounded by this fraction of sum |w| |x| over each window (the
+# largest partial sum an output can meet): measured up to 3.1e-6 (52 ulps) with one input
+# channel, 1e-6 with 16 and more.
+ERROR = 1e-5
+
+
+@pytest.mark.parametrize("m, r", [(2, 5), (4, 3), (2, 3), (3, 3), (4, 5)])
+def test_transforms_compute_a_correlation_exactly(m, r):
+    at, g, bt = winograd.transforms(m, r)
+    n = m + r - 1
+    assert at.shape == (m, n) and g.shape == (n, r) and bt.shape == (n, n)
+    rng = np.random.default_rng(m * 10 + r)
+    d, w = rng.standard_normal(n), rng.standard_normal(r)
+    np.testing.assert_allclose(at @ ((g @ w) * (bt @ d)), [d[i:i + r] @ w for i in range(m)], atol=1e-12)
+    d2, w2 = rng.standard_normal((n, n)), rng.standard_normal((r, r))
+    two_d = at @ ((g @ w2 @ g.T) * (bt @ d2 @ bt.T)) @ at.T
+    direct = [[(d2[i:i + r, j:j + r] * w2).sum() for j in range(m)] for i in range(m)]
+    np.testing.assert_allclose(two_d, direct, atol=1e-11)
+    assert np.array_equal(bt, np.round(bt)), "B^T is scaled to integers"
+
+
+def test_too_many_points_is_refused():
+    with pytest.raises(ValueError, match="needs 9 points"):
+        winograd.transforms(5, 5)
+
+
+@pytest.mark.parametrize("r", sorted(winograd.TILES))
+def test_kernel_applies_the_input_transform_of_the_module(r):
+    np.testing.assert_array_equal(kernel.input_matrix(), winograd.transforms(winograd.TILES[r], r)[2])
+
+
+def test_prepared_filters_are_g_w_g_transposed():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((13, 3, 5, 5)).astype(np.float32)
+    filters = winograd.prepare(w)
+    _, g, _ = winograd.transforms(2, 5)
+    expected = np.einsum("ia,kcab,jb->ijkc", g, w.astype(np.float64), g).reshape(36, 13, 3)
+    assert filters.u.shape == (36, 16, 3) and filters.m == 2 and filters.shape == w.shape
+    np.testing.assert_allclose(filters.u[:, :13], expected, rtol=1e-6, atol=1e-6)
+    assert not filters.u[:, 13:].any(), "the padding filters are zero"
+
+
+def naive(x, w, b, padding, relu, pool):
+    out = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), (1, 1), padding)
+    scale = ref.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), 0 * b.astype(np.float64),
+                       (1, 1), padding)
+    if relu:
+        out = np.maximum(out, 0)
+    if pool:
+        out = ref.pool2d(out, "max", (pool, pool), (pool, pool), (0, 0))
+        scale = ref.pool2d(scale, "max", (pool, pool), (pool, pool), (0, 0))
+    return out, scale
+
+
+# (N, C, H, W, K, r, padding, relu, pool): odd sides, padding, K not a multiple of the filter
+# block, rows wider than a chunk, outputs smaller than a tile, a pool leaving rows over
+CASES = [
+    (1, 1, 12, 12, 3, 5, (0, 0), False, None),
+    (2, 3, 17, 23, 5, 5, (1, 2), True, 2),
+    (1, 16, 40, 150, 32, 5, (0, 0), True, 2),
+    (1, 32, 30, 31, 20, 5, (0, 0), True, None),
+    (3, 2, 5, 5, 1, 5, (0, 0), False, None),
+    (1, 2, 6, 7, 9, 5, (0, 0), True, 2),
+    (1, 4, 9, 9, 9, 3, (1, 1), False, None),
+    (1, 4, 19, 21, 9, 3, (0, 0), True, 2),
+    (2, 3, 20, 150, 17, 3, (2, 0), True, 4),
+    (1, 5, 3, 3, 8, 3, (0, 0), False, None),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_kernel_matches_the_naive_loop_within_its_error(case):
+    n, c, h, w_, k, r, padding, relu, pool = case
+    rng = np.random.default_rng(sum(case[:6]))
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    w = rng.standard_normal((k, c, r, r)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    out = L.conv2d_infer(x, w, b, padding=padding, relu=relu, pool=pool, algorithm="winograd")
+    expected, scale = naive(x, w, b, padding, relu, pool)
+    assert out.shape == expected.shape and out.dtype == np.float32
+    assert np.all(np.abs(out - expected) <= ERROR * scale + 1e-30)
+    prepared = L.conv2d_infer(x, w, b, padding=padding, relu=relu, pool=pool, algorithm="winograd",
+                              winograd_filters=winograd.prepare(w))
+    np.testing.assert_array_equal(prepared, out)
+
+
+def test_kernel_matches_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 16, 37, 71)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 5, 5)).astype(np.float32) * 0.1
+    b = rng.standard_normal(32).astype(np.float32)
+    tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+    theirs = F.max_pool2d(F.relu(F.conv2d(tx, tw, tb, padding=2)), 2).numpy()
+    ours = L.conv2d_infer(x, w, b, padding=2, relu=True, pool=2, algorithm="winograd")
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_relu_and_pool_pass_nan_as_the_im2col_path_does():
+    x = np.ones((1, 1, 10, 10), np.float32)
+    x[0, 0, 7, 7] = np.nan
+    w = np.ones((2, 1, 5, 5), np.float32)
+    b = np.array([0, -100], np.float32)
+    for pool in (None, 2):
+        wino = L.conv2d_infer(x, w, b, relu=True, pool=pool, algorithm="winograd")
+        direct = L.conv2d_infer(x, w, b, relu=True, pool=pool, algorithm="im2col")
+        # every output whose window holds the NaN is NaN; a Winograd tile is all NaN or none
+        assert np.isnan(wino[np.isnan(direct)]).all()
+        np.testing.assert_array_equal(wino[~np.isnan(wino)], direct[~np.isnan(wino)])
+        assert np.isnan(wino).sum() <= np.isnan(direct).sum() + (0 if pool else 9 * 2)
+
+
+def test_identical_bits_for_any_thread_count(threads):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 41, 170)).astype(np.float32)
+    w = rng.standard_normal((20, 8, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    threads(1)
+    single = [L.conv2d_infer(x, w, b, relu=True, pool=p, algorithm="winograd") for p in (None, 2)]
+    for n in (2, 3, 7):
+        threads(n)
+        for pool, expected in zip((None, 2), single):
+            np.testing.assert_array_equal(L.conv2d_infer(x, w, b, relu=True, pool=pool, algorithm="winograd"),
+                                          expected)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(x=np.zeros((1, 2, 9, 9)), w=np.zeros((3, 2, 5, 5)), b=np.zeros(3)), "computes in float32, and x is float64"),
+    (dict(stride=2), r"needs stride 1, not \(2, 2\)"),
+    (dict(w=np.zeros((3, 2, 7, 7), np.float32)), "square filters of 3x3 or 5x5, not 7x7"),
+    (dict(w=np.zeros((3, 2, 5, 3), np.float32)), "not 5x3"),
+    (dict(pool=3), "2x2 output tiles are not whole 3x3 pool windows"),
+    (dict(pool=(2, 1)), "not whole 2x1 pool windows"),
+])
+def test_layers_it_cannot_run_are_refused_by_name(kwargs, message):
+    args = dict(x=np.zeros((1, 2, 9, 9), np.float32), w=np.zeros((3, 2, 5, 5), np.float32),
+                b=np.zeros(3, np.float32))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        L.conv2d_infer(**args, algorithm="winograd")
+
+
+def test_unknown_algorithm_and_mismatched_filters_are_refused():
+    x, w, b = np.zeros((1, 2, 9, 9), np.float32), np.zeros((3, 2, 5, 5), np.float32), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', not 'fft'"):
+        L.conv2d_infer(x, w, b, algorithm="fft")
+    with pytest.raises(ValueError, match=r"prepared for filters \(4, 2, 5, 5\), not \(3, 2, 5, 5\)"):
+        L.conv2d_infer(x, w, b, winograd_filters=winograd.prepare(np.zeros((4, 2, 5, 5), np.float32)))
+
+
+def test_cost_model_takes_winograd_for_the_shipped_nets_large_layers_only():
+    # conv2 and fc1 of the shipped net's FCN over a 1024x1024 image; conv1 has one channel
+    assert L.conv_algorithm((1, 16, 510, 510), (32, 16, 5, 5), (506, 506), pool=2, prepared=True) == "winograd"
+    assert L.conv_algorithm((1, 32, 253, 253), (128, 32, 5, 5), (249, 249), prepared=True) == "winograd"
+    assert L.conv_algorithm((1, 1, 1024, 1024), (16, 1, 5, 5), (1020, 1020), pool=2) == "im2col"
+    # a lone 32x32 window: its fc1 output is one value per filter, a chunk of padding
+    assert L.conv_algorithm((64, 32, 5, 5), (128, 32, 5, 5), (1, 1)) == "im2col"
+    im2col, wino = winograd.cost((1, 32, 253, 253), (128, 32, 5, 5), (249, 249))
+    assert wino < im2col < 4 * wino
+
+
+def test_the_fcn_prepares_its_filters_and_uses_them():
+    import detector
+
+    fcn = detector.load_model().to_fcn()
+    assert set(fcn.winograd_filters) == {"conv1", "conv2", "fc1"}  # fc2 is 1x1
+    for name, filters in fcn.winograd_filters.items():
+        assert filters.shape == fcn.params[f"{name}.w"].shape
