@@ -52,9 +52,9 @@ class Conv:
     def forward(self, x, params):
         return L.conv2d_forward(x, params["w"], params["b"], stride=self.stride, padding=self.padding)
 
-    def infer(self, x, params, relu=False, pool=None, winograd_filters=None):
+    def infer(self, x, params, relu=False, pool=None, winograd_filters=None, project=None):
         return L.conv2d_infer(x, params["w"], params["b"], stride=self.stride, padding=self.padding,
-                              relu=relu, pool=pool, winograd_filters=winograd_filters)
+                              relu=relu, pool=pool, winograd_filters=winograd_filters, project=project)
 
     def backward(self, dout, cache):
         dx, dw, db = L.conv2d_backward(dout, cache)
@@ -174,7 +174,9 @@ def parse_spec(spec):
 def inference_steps(layers):
     """``layers`` grouped for inference: a list of (layer, options for its ``infer``). A
     convolution takes in the ReLU and the tiling max-pool (:attr:`Pool.tiles`) that follow
-    it, in either order (they commute), and computes them in its output stage."""
+    it, in either order (they commute), and computes them in its output stage; then a 1x1
+    convolution after them, unless a ReLU or a pool follows that one (option "project": the
+    1x1 layer, whose parameters :func:`infer` passes)."""
     steps, i = [], 0
     while i < len(layers):
         layer, options = layers[i], {}
@@ -188,8 +190,18 @@ def inference_steps(layers):
             else:
                 break
             i += 1
+        if isinstance(layer, Conv) and i < len(layers) and _projects(layers[i]) and (
+                i + 1 == len(layers) or not isinstance(layers[i + 1], (Relu, Pool))):
+            options["project"] = layers[i]
+            i += 1
         steps.append((layer, options))
     return steps
+
+
+def _projects(layer):
+    """A 1x1 convolution of stride 1, unpadded: a per-position product of channels."""
+    return (isinstance(layer, Conv) and tuple(np.atleast_1d(layer.size)) in ((1,), (1, 1))
+            and layer.stride in (1, (1, 1)) and not layer.padding)
 
 
 def infer(layers, params, x, winograd_filters=None):
@@ -200,6 +212,9 @@ def infer(layers, params, x, winograd_filters=None):
     for layer, options in inference_steps(layers):
         if layer.name in prepared:
             options = {**options, "winograd_filters": prepared[layer.name]}
+        if "project" in options:
+            second = layer_params(params, options["project"])
+            options = {**options, "project": (second["w"], second["b"])}
         x = layer.infer(x, layer_params(params, layer), **options)
     return x
 

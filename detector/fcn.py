@@ -24,7 +24,7 @@ import numpy as np
 
 from . import layers as L
 from . import winograd
-from .architecture import Conv, Linear, Pool, infer
+from .architecture import Conv, Linear, Pool, infer, inference_steps
 
 # Activation memory one tile of rows may take; tiles overlap by the window and stitch
 # exactly, so the size changes speed and peak memory, never the scores.
@@ -41,11 +41,17 @@ class FullyConvNet:
         self.layers, self.params = layers, params
         self.window, self.total_stride = window, total_stride
         self.outputs, self.exact = outputs, exact
-        # the Winograd transform of every filter bank it can take, made once: the FCN's
-        # parameters are its own copy, so they stay in step
-        self.winograd_filters = {
-            layer.name: winograd.prepare(params[f"{layer.name}.w"]) for layer in layers
-            if isinstance(layer, Conv) and winograd.accepts(params[f"{layer.name}.w"], layer.stride)}
+        self._winograd_filters = None
+
+    @property
+    def winograd_filters(self):
+        """{layer name: filters made ready for the Winograd kernel} of every convolution it
+        can run, made on first use and kept: the FCN's parameters are its own copy."""
+        if self._winograd_filters is None:
+            self._winograd_filters = {
+                layer.name: winograd.prepare(self.params[f"{layer.name}.w"]) for layer in self.layers
+                if isinstance(layer, Conv) and winograd.accepts(self.params[f"{layer.name}.w"], layer.stride)}
+        return self._winograd_filters
 
     def _forward(self, x):
         return infer(self.layers, self.params, x, self.winograd_filters)
@@ -59,12 +65,14 @@ class FullyConvNet:
         return (h - wh) // sh + 1, (w - ww) // sw + 1
 
     def tile_rows(self, width, budget=TILE_BYTES):
-        """Score-map rows per tile so that one tile's activations fit in ``budget`` bytes."""
-        per_row, jump = 0, 1  # bytes of activations per input row, summed over layers
+        """Score-map rows per tile so that one tile's activations fit in ``budget`` bytes:
+        the outputs of the inference steps, which are all that is stored (a fused ReLU,
+        pool or 1x1 projection never stores the convolution's own output)."""
+        per_row, jump = 0, 1  # bytes of activations per input row, summed over the steps
         channels = None
-        for layer in self.layers:
-            jump *= getattr(layer, "stride", 1)
-            channels = getattr(layer, "filters", channels)
+        for layer, options in inference_steps(self.layers):
+            jump *= getattr(layer, "stride", 1) * options.get("pool", 1)
+            channels = getattr(options.get("project", layer), "filters", channels)
             per_row += 4 * (channels or 1) * (width / jump) / jump
         input_rows = budget / max(per_row, 1)
         return max(1, int((input_rows - self.window[0]) // self.total_stride[0]) + 1)

@@ -137,7 +137,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
 
 
 def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm="auto",
-                 winograd_filters=None):
+                 winograd_filters=None, project=None):
     """The output of :func:`conv2d_forward` alone (no cache), for inference.
 
     With ``relu``, max(out, 0) (NaN passes); with ``pool`` (an int or an (h, w) pair), then
@@ -146,6 +146,10 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
     block while it is in cache: the unpooled output is never stored.
     x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), or
     (N, K, OH // pool_h, OW // pool_w) with a pool.
+
+    ``project``: (w2 (K2, K, 1, 1), b2 (K2,)), a 1x1 convolution applied to that result, which
+    is then (N, K2, ...). The Winograd kernel computes it in its output stage, so the K
+    channels are never stored (the im2col path runs it after).
 
     ``algorithm``: "im2col" (im2col + GEMM; equals the training path within rounding: bias
     is added after the GEMM here, before it there), "winograd" (F(2x2, 5x5) or F(4x4, 3x3),
@@ -159,9 +163,9 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
     qh, qw = (1, 1) if pool is None else pair(pool, "pool", 1)
     out_h = output_size(oh, qh, 0, qh, "height after the pool")
     out_w = output_size(ow, qw, 0, qw, "width after the pool")
-    out = np.empty((x.shape[0], w.shape[0], out_h, out_w), x.dtype)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, not {algorithm!r}")
+    w2, b2 = _projection(project, w, x.dtype)
     why_not = _winograd_unfit(x, w, (sh, sw), (qh, qw))
     if algorithm == "winograd" and why_not:
         raise ValueError(f"the Winograd convolution cannot run this layer: {why_not}")
@@ -174,10 +178,31 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
     if algorithm == "winograd":
         filters = winograd_filters or _winograd.prepare(w)
         at = _winograd.transforms(filters.m, w.shape[2])[0].astype(np.float32)
-        _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), qh, get_num_threads())
-    else:
-        _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
-    return out
+        out = np.empty((x.shape[0], w.shape[0] if w2 is None else w2.shape[0], out_h, out_w), x.dtype)
+        extra = {} if w2 is None else dict(p=_winograd.pad_rows(w2.reshape(w2.shape[:2]), _wg.FILTER_BLOCK), p_bias=b2)
+        _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), qh, get_num_threads(), **extra)
+        return out
+    out = np.empty((x.shape[0], w.shape[0], out_h, out_w), x.dtype)
+    _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
+    return out if w2 is None else conv2d_infer(out, w2, b2, algorithm="im2col")
+
+
+def _projection(project, w, dtype):
+    """(w2, b2) of ``project`` checked against the filters w it follows, or (None, None)."""
+    if project is None:
+        return None, None
+    if not isinstance(project, (tuple, list)) or len(project) != 2:
+        raise TypeError("project must be a pair (w2, b2) of a 1x1 convolution")
+    w2 = _float_array(project[0], "project's w2", 4)
+    b2 = _float_array(project[1], "project's b2", 1)
+    if w2.dtype != dtype or b2.dtype != dtype:
+        raise TypeError(f"project's w2 and b2 must be {dtype} as x is, not {w2.dtype} and {b2.dtype}")
+    if w2.shape[1:] != (w.shape[0], 1, 1):
+        raise ValueError(f"project's w2 must be (K2, {w.shape[0]}, 1, 1): a 1x1 convolution of the "
+                         f"{w.shape[0]} filters' outputs, not {w2.shape}")
+    if b2.shape != (w2.shape[0],):
+        raise ValueError(f"project's b2 must have one entry per filter of w2 ({w2.shape[0]}), not {b2.shape}")
+    return w2, b2
 
 
 ALGORITHMS = ("auto", "im2col", "winograd")

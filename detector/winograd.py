@@ -75,6 +75,13 @@ class Filters(NamedTuple):
     shape: tuple
 
 
+def pad_rows(a, block):
+    """a (R, ...) float32, C-contiguous, with zero rows added up to a multiple of block."""
+    padded = np.zeros((-(-a.shape[0] // block) * block, *a.shape[1:]), np.float32)
+    padded[:a.shape[0]] = a
+    return padded
+
+
 def accepts(w, stride=1):
     """True when the Winograd kernel can run filters w (K, C, r, r) at this stride."""
     w = np.asarray(w)
@@ -89,7 +96,7 @@ def prepare(w):
     m = TILES[r]
     _, g, _ = transforms(m, r)
     u = np.empty((g.shape[0] ** 2, -(-k // _kernel.FILTER_BLOCK) * _kernel.FILTER_BLOCK, c), np.float32)
-    _kernel.transform_filters(np.ascontiguousarray(w, np.float32), g, u)
+    _kernel.transform_filters(np.ascontiguousarray(w, np.float32), g, u)  # padding filters: 0
     return Filters(u, m, tuple(w.shape))
 
 

@@ -57,9 +57,9 @@
 
 typedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                             Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
-                            int, int, int, const float *, Py_ssize_t,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, Py_ssize_t, Py_ssize_t,
-                            float *);
+                            int, int, int, const float *, const float *, const float *,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
+                            Py_ssize_t, Py_ssize_t, float *);
 
 static wg_chunk_fn wg_chunk = wg_base_chunk;
 static const char *wg_isa = "baseline";
@@ -85,10 +85,12 @@ static void wg_select(void)
 #endif
 }
 
-/* floats of scratch one thread needs for chunks of tb tiles */
-static Py_ssize_t wg_scratch_floats(Py_ssize_t C, int m, Py_ssize_t tb)
+/* floats of scratch one thread needs for chunks of tb tiles, with a projection (Kp filters
+ * padded to the block) or without one */
+static Py_ssize_t wg_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects, int m, Py_ssize_t tb)
 {
-    return WG_N * WG_N * (C + WG_KB_MAX) * tb + WG_N * m * (tb + (WG_N - 1) / m + 1);
+    return WG_N * WG_N * (C + WG_KB_MAX) * tb + (projects ? Kp : 1) * m * m * tb
+           + WG_N * m * (tb + (WG_N - 1) / m + 1);
 }
 
 /* B^T as the kernel applies it: its input transform of each unit vector */

@@ -17,14 +17,14 @@ from cython.parallel cimport parallel, prange, threadid
 cdef extern from "winograd.h" nogil:
     ctypedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
-                                 int, int, int, const float *, Py_ssize_t,
-                                 Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, Py_ssize_t,
-                                 Py_ssize_t, float *) noexcept
+                                 int, int, int, const float *, const float *, const float *,
+                                 Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 float *, Py_ssize_t, Py_ssize_t, float *) noexcept
     wg_chunk_fn wg_chunk
     const char *wg_isa
     int WG_KB_MAX, WG_N, WG_MMAX
     void wg_select()
-    Py_ssize_t wg_scratch_floats(Py_ssize_t C, int m, Py_ssize_t tb)
+    Py_ssize_t wg_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects, int m, Py_ssize_t tb)
     void wg_input_matrix(float *bt)
 
 wg_select()
@@ -99,22 +99,30 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    const float[:, :, ::1] u,  # IN (n*n, Kp, C), Kp a multiple of FILTER_BLOCK
                    const float[::1] b,  # IN (K,)
                    const float[:, ::1] at,  # IN (m, N): A^T; B^T is input_matrix()
-                   float[:, :, :, ::1] out,  # OUT (N, K, OH // q, OW // q)
+                   float[:, :, :, ::1] out,  # OUT (N, K or K2, OH // q, OW // q)
                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OH, Py_ssize_t OW,
-                   bint apply_relu, int q, int num_threads):
+                   bint apply_relu, int q, int num_threads,
+                   const float[:, ::1] p=None,  # IN (K2p, K), K2p a multiple of FILTER_BLOCK
+                   const float[::1] p_bias=None):  # IN (K2,)
+    """The convolution, bias, ReLU and pool; with p, then the 1x1 convolution p, p_bias of
+    that (out has K2 = p_bias.shape[0] channels)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = b.shape[0], Kp = u.shape[1]
     cdef int m = at.shape[0]
+    cdef bint projects = p is not None
+    cdef Py_ssize_t K2 = p_bias.shape[0] if projects else 0
     cdef Py_ssize_t OHo = out.shape[2], OWo = out.shape[3]
     # the tiles that hold an output that is kept (with a pool, the rows and columns of
     # incomplete windows are never computed)
     cdef Py_ssize_t rows = (OHo * q + m - 1) // m, cols = (OWo * q + m - 1) // m
     cdef Py_ssize_t tb = tiles_per_chunk(cols), per_row = (cols + tb - 1) // tb
-    cdef Py_ssize_t floats = wg_scratch_floats(C, m, tb)
+    cdef Py_ssize_t floats = wg_scratch_floats(C, Kp, projects, m, tb)
     # 16 floats of slack per thread to start each thread's scratch on a 64-byte line
     cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
     cdef Py_ssize_t chunk, img, ti, t0, count, offset
     cdef float *s
+    cdef const float *pp = &p[0, 0] if projects else NULL
+    cdef const float *pb = &p_bias[0] if projects else NULL
     if N == 0 or K == 0 or rows == 0 or cols == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -127,5 +135,5 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             t0 = chunk % per_row * tb
             count = min(tb, cols - t0)
             wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
-                     apply_relu, q, m, &at[0, 0], ti, t0, count, tb,
+                     apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count, tb,
                      &out[img, 0, 0, 0], OHo, OWo, s)

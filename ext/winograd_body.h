@@ -164,14 +164,13 @@ static void WG(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_
     }
 }
 
-/* Step 4 for one filter: y = A^T M A over the chunk's tiles, bias, ReLU, pool, stored. */
+/* Step 4 for one filter: y = A^T M A over the chunk's tiles, then bias, ReLU and pool:
+ * fin[(a2 * per + b2) * tb + t] is output (a2, b2) of tile t (per = m / q a side). */
 static void WG(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m,
                                  const float *restrict at, Py_ssize_t tb, Py_ssize_t count,
-                                 float bias, int relu, int q, Py_ssize_t ti, Py_ssize_t t0,
-                                 float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
+                                 float bias, int relu, int q, float *restrict fin)
 {
     const int per = m / q;
-    float best[WG_MMAX][WG_MMAX][WG_VW];  /* [a2][b2][tile]: the pooled, finished values */
     for (Py_ssize_t t = 0; t < count; t += WG_VW) {
         WG(vf) z[WG_MMAX][WG_N], y[WG_MMAX][WG_MMAX];
         if (m == 2) {  /* A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1], written out */
@@ -216,50 +215,86 @@ static void WG(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int 
                 top += bias;
                 if (relu)
                     top = WG(relu)(top);
-                *(WG(vf) *)best[a2][b2] = top;
+                *(WG(vf) *)(fin + (a2 * per + b2) * tb + t) = top;
+            }
+    }
+}
+
+/* Planes of finished outputs (as output_transform leaves them) into the rows of one output
+ * channel, plus add[0] when add is given; the rows and columns past the output are dropped. */
+static void WG(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize_t count,
+                      const float *restrict add, Py_ssize_t row0, Py_ssize_t t0,
+                      float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
+{
+    WG(vf) plus = (WG(vf)){0} + (add ? add[0] : 0);
+    for (Py_ssize_t t = 0; t < count; t += WG_VW) {
+        WG(vf) best[WG_MMAX][WG_MMAX];
+        for (int a2 = 0; a2 < per; a2++)
+            for (int b2 = 0; b2 < per; b2++) {
+                best[a2][b2] = *(const WG(vf) *)(fin + (a2 * per + b2) * tb + t);
+                if (add)
+                    best[a2][b2] += plus;
             }
         Py_ssize_t n_t = count - t < WG_VW ? count - t : WG_VW;
         int whole = n_t == WG_VW && (t0 + t + WG_VW) * per <= OWo;
         for (int a2 = 0; a2 < per; a2++) {
-            Py_ssize_t row = (ti * m) / q + a2;
+            Py_ssize_t row = row0 + a2;
             if (row >= OHo)
                 break;
             float *restrict orow = out + row * OWo + (t0 + t) * per;
             if (whole && per == 1) {
-                *(WG(vf) *)orow = *(WG(vf) *)best[a2][0];
+                *(WG(vf) *)orow = best[a2][0];
             } else if (whole && per == 2) {  /* the two columns of each tile, interleaved */
-                WG(vf) lo = *(WG(vf) *)best[a2][0], hi = *(WG(vf) *)best[a2][1];
+                WG(vf) lo = best[a2][0], hi = best[a2][1];
                 *(WG(vf) *)orow = __builtin_shuffle(lo, hi, WG(interleave_lo));
                 *(WG(vf) *)(orow + WG_VW) = __builtin_shuffle(lo, hi, WG(interleave_hi));
             } else {
                 for (Py_ssize_t i = 0; i < n_t; i++)
                     for (int b2 = 0; b2 < per && (t0 + t + i) * per + b2 < OWo; b2++)
-                        orow[i * per + b2] = best[a2][b2][i];
+                        orow[i * per + b2] = best[a2][b2][i];  /* a lane of the vector */
             }
         }
     }
 }
 
 /* The whole chunk: tiles t0 .. t0 + count - 1 (count <= tb) of tile row ti of one image.
- * u: (n*n, Kp, C) with Kp a multiple of 8; out: (K, OHo, OWo) of this image. */
+ * u: (n*n, Kp, C) with Kp a multiple of 8; out: (K, OHo, OWo) of this image. With a
+ * projection (p: (K2p, K), K2p a multiple of 8, and bias p_bias), a 1x1 convolution of the
+ * finished outputs: out is then (K2, OHo, OWo), and the K channels are never stored. */
 static void WG(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t PH, Py_ssize_t PW, const float *restrict u, Py_ssize_t K,
                       Py_ssize_t Kp, const float *restrict bias, int relu, int q,
                       int m, const float *restrict at,
+                      const float *restrict p, const float *restrict p_bias, Py_ssize_t K2,
                       Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t count, Py_ssize_t tb,
                       float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo, float *restrict scratch)
 {
-    const Py_ssize_t nn = WG_N * WG_N;
+    const Py_ssize_t nn = WG_N * WG_N, per = m / q, planes = per * per * tb;
+    const Py_ssize_t row0 = (ti * m) / q;
     float *v = scratch;                                  /* nn * C * tb */
     float *mb = v + nn * C * tb;                         /* nn * WG_KB * tb */
-    float *phases = mb + nn * WG_KB * tb;                /* WG_N * m * (tb + (WG_N - 1) / m + 1) */
+    float *fin = mb + nn * WG_KB * tb;                   /* Kp * planes with p, else planes */
+    float *phases = fin + (p ? Kp : 1) * planes;         /* WG_N * m * (tb + (WG_N - 1) / m + 1) */
     WG(input_transform)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
     for (Py_ssize_t k0 = 0; k0 < K; k0 += WG_KB) {
         for (Py_ssize_t xi = 0; xi < nn; xi++)
             WG(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * C * tb, C, tb,
                            mb + xi * WG_KB * tb);
-        for (int kk = 0; kk < WG_KB && k0 + kk < K; kk++)
+        for (int kk = 0; kk < WG_KB && k0 + kk < K; kk++) {
+            float *f = p ? fin + (k0 + kk) * planes : fin;
             WG(output_transform)(mb + kk * tb, WG_KB * tb, m, at, tb, count, bias[k0 + kk],
-                                 relu, q, ti, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
+                                 relu, q, f);
+            if (!p)
+                WG(store)(f, tb, per, count, NULL, row0, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
+        }
+    }
+    if (!p)
+        return;
+    /* the projection: WG_KB output channels at a time, over every finished output */
+    for (Py_ssize_t j0 = 0; j0 < K2; j0 += WG_KB) {
+        WG(gemm_block)(p + j0 * K, K, fin, K, planes, mb);
+        for (int jj = 0; jj < WG_KB && j0 + jj < K2; jj++)
+            WG(store)(mb + jj * planes, tb, per, count, p_bias + j0 + jj, row0, t0,
+                      out + (j0 + jj) * OHo * OWo, OHo, OWo);
     }
 }
