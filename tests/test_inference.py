@@ -68,6 +68,22 @@ def test_convolutions_take_in_the_relu_and_the_tiling_max_pool_after_them(spec, 
     assert [(layer.name, options) for layer, options in steps] == fused
 
 
+@pytest.mark.parametrize("tail, fused", [
+    # the FCN's fc1, fc2: the 1x1 convolution is projected in fc1's output stage
+    ([Relu("relu3"), Conv(15, (1, 1), name="fc2")], [("fc1", {"relu": True, "project": "fc2"})]),
+    ([Conv(15, (1, 1), name="fc2")], [("fc1", {"project": "fc2"})]),
+    # ...unless a ReLU or a pool follows it, or it is not a plain 1x1 convolution
+    ([Relu("relu3"), Conv(15, (1, 1), name="fc2"), Relu("relu4")],
+     [("fc1", {"relu": True}), ("fc2", {"relu": True})]),
+    ([Conv(15, (1, 1), stride=2, name="fc2")], [("fc1", {}), ("fc2", {})]),
+    ([Conv(15, (1, 1), padding=1, name="fc2")], [("fc1", {}), ("fc2", {})]),
+    ([Conv(15, (3, 3), name="fc2")], [("fc1", {}), ("fc2", {})]),
+])
+def test_a_convolution_takes_in_the_1x1_convolution_after_it(tail, fused):
+    steps = inference_steps([Conv(8, (5, 5), name="fc1"), *tail])
+    assert [(layer.name, {k: getattr(v, "name", v) for k, v in options.items()}) for layer, options in steps] == fused
+
+
 def test_a_pool_tiles_its_input_only_as_an_unpadded_max_of_stride_size():
     assert Pool("max", 2, 2).tiles and Pool("max", 3, 3).tiles
     assert not Pool("max", 3, 2).tiles and not Pool("max", 2, 2, padding=1).tiles

@@ -179,3 +179,35 @@ def test_the_fcn_prepares_its_filters_and_uses_them():
     assert set(fcn.winograd_filters) == {"conv1", "conv2", "fc1"}  # fc2 is 1x1
     for name, filters in fcn.winograd_filters.items():
         assert filters.shape == fcn.params[f"{name}.w"].shape
+
+
+@pytest.mark.parametrize("algorithm, pool, r", [("winograd", None, 5), ("winograd", 2, 5), ("winograd", 2, 3),
+                                                ("im2col", None, 5), ("im2col", 2, 3)])
+def test_a_projection_equals_the_1x1_convolution_after(algorithm, pool, r):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 6, 23, 75)).astype(np.float32)
+    w = rng.standard_normal((19, 6, r, r)).astype(np.float32)
+    b = rng.standard_normal(19).astype(np.float32)
+    w2 = rng.standard_normal((11, 19, 1, 1)).astype(np.float32)
+    b2 = rng.standard_normal(11).astype(np.float32)
+    first = L.conv2d_infer(x, w, b, relu=True, pool=pool, algorithm=algorithm)
+    expected = ref.conv2d(first.astype(np.float64), w2.astype(np.float64), b2.astype(np.float64), (1, 1), (0, 0))
+    out = L.conv2d_infer(x, w, b, relu=True, pool=pool, algorithm=algorithm, project=(w2, b2))
+    assert out.shape == expected.shape
+    scale = ref.conv2d(np.abs(first).astype(np.float64), np.abs(w2).astype(np.float64), 0 * b2.astype(np.float64),
+                       (1, 1), (0, 0))
+    assert np.all(np.abs(out - expected) <= 1e-6 * scale + 1e-6)
+
+
+@pytest.mark.parametrize("project, error, message", [
+    ((np.zeros((4, 3, 1, 1), np.float32),), TypeError, r"project must be a pair \(w2, b2\)"),
+    ((np.zeros((4, 5, 1, 1), np.float32), np.zeros(4, np.float32)), ValueError,
+     r"w2 must be \(K2, 3, 1, 1\): a 1x1 convolution of the 3 filters' outputs, not \(4, 5, 1, 1\)"),
+    ((np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)), ValueError, r"not \(4, 3, 3, 3\)"),
+    ((np.zeros((4, 3, 1, 1), np.float32), np.zeros(5, np.float32)), ValueError, r"one entry per filter of w2 \(4\)"),
+    ((np.zeros((4, 3, 1, 1)), np.zeros(4)), TypeError, "must be float32 as x is, not float64"),
+])
+def test_bad_projections_are_refused_by_name(project, error, message):
+    x, w, b = np.zeros((1, 2, 9, 9), np.float32), np.zeros((3, 2, 5, 5), np.float32), np.zeros(3, np.float32)
+    with pytest.raises(error, match=message):
+        L.conv2d_infer(x, w, b, project=project)
