@@ -15,7 +15,7 @@ import scipy_openblas32
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["activations", "conv", "linear", "parallel", "pool", "winograd"]
+MODULES = ["activations", "conv", "direct", "linear", "parallel", "pool", "winograd"]
 
 # Set once for the whole build: the Python layer checks every shape before a kernel runs.
 DIRECTIVES = {

@@ -32,7 +32,9 @@ from ._ext import activations as _activations
 from ._ext import conv as _conv
 from ._ext import linear as _linear
 from ._ext import pool as _pool
+from ._ext import direct as _direct
 from ._ext import winograd as _wg
+from . import conv_algorithms as _algorithms
 from . import winograd as _winograd
 from .shapes import output_size, pair
 from .threads import get_num_threads
@@ -152,9 +154,9 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
     channels are never stored (the im2col path runs it after).
 
     ``algorithm``: "im2col" (im2col + GEMM; equals the training path within rounding: bias
-    is added after the GEMM here, before it there), "winograd" (F(2x2, 5x5) or F(4x4, 3x3),
-    :mod:`detector.winograd`; float32, stride 1, square 3x3 or 5x5 filters, a square pool
-    that tiles the Winograd tile) or "auto", the one :func:`conv_algorithm` expects faster.
+    is added after the GEMM here, before it there), "winograd", "direct" (the kernels of
+    :mod:`detector.conv_algorithms`, which says what each can run) or "auto", the one its
+    cost model expects fastest.
     ``winograd_filters``: ``detector.winograd.prepare(w)``, made once for many calls with the
     same filters (the caller keeps them in step with ``w``); without it the Winograd kernel
     transforms ``w`` on each call.
@@ -163,18 +165,21 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
     qh, qw = (1, 1) if pool is None else pair(pool, "pool", 1)
     out_h = output_size(oh, qh, 0, qh, "height after the pool")
     out_w = output_size(ow, qw, 0, qw, "width after the pool")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, not {algorithm!r}")
+    if algorithm not in _algorithms.ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, _algorithms.ALGORITHMS))}, "
+                         f"not {algorithm!r}")
     w2, b2 = _projection(project, w, x.dtype)
-    why_not = _winograd_unfit(x, w, (sh, sw), (qh, qw))
-    if algorithm == "winograd" and why_not:
-        raise ValueError(f"the Winograd convolution cannot run this layer: {why_not}")
     if winograd_filters is not None and tuple(winograd_filters.shape) != w.shape:
         raise ValueError(f"winograd_filters were prepared for filters {tuple(winograd_filters.shape)}, "
                          f"not {w.shape}")
     if algorithm == "auto":
-        algorithm = "im2col" if why_not else conv_algorithm(x.shape, w.shape, (oh, ow), qh,
-                                                            winograd_filters is not None)
+        algorithm = "im2col"
+        if x.dtype == np.float32 and (sh, sw) == (1, 1) and qh == qw:
+            algorithm = _algorithms.choose(x.shape, w.shape, (oh, ow), qh, winograd_filters is not None)
+    else:
+        why_not = _algorithms.unfit(algorithm, x.dtype, w.shape, (sh, sw), (qh, qw))
+        if why_not:
+            raise ValueError(f"the {algorithm} convolution cannot run this layer: {why_not}")
     if algorithm == "winograd":
         filters = winograd_filters or _winograd.prepare(w)
         at = _winograd.transforms(filters.m, w.shape[2])[0].astype(np.float32)
@@ -183,7 +188,10 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
         _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), qh, get_num_threads(), **extra)
         return out
     out = np.empty((x.shape[0], w.shape[0], out_h, out_w), x.dtype)
-    _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
+    if algorithm == "direct":
+        _direct.direct_infer(x, w, b, out, ph, pw, bool(relu), qh, get_num_threads())
+    else:
+        _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
     return out if w2 is None else conv2d_infer(out, w2, b2, algorithm="im2col")
 
 
@@ -203,32 +211,6 @@ def _projection(project, w, dtype):
     if b2.shape != (w2.shape[0],):
         raise ValueError(f"project's b2 must have one entry per filter of w2 ({w2.shape[0]}), not {b2.shape}")
     return w2, b2
-
-
-ALGORITHMS = ("auto", "im2col", "winograd")
-
-
-def _winograd_unfit(x, w, stride, pool):
-    """Why the Winograd kernel cannot run this convolution, or "" when it can."""
-    k, _, fh, fw = w.shape
-    if x.dtype != np.float32:
-        return f"it computes in float32, and x is {x.dtype}"
-    if stride != (1, 1):
-        return f"it needs stride 1, not {stride}"
-    if fh != fw or fh not in _winograd.TILES:
-        return f"it takes square filters of {' or '.join(f'{r}x{r}' for r in _winograd.TILES)}, not {fh}x{fw}"
-    m = _winograd.TILES[fh]
-    if pool[0] != pool[1] or m % pool[0]:
-        return f"its {m}x{m} output tiles are not whole {pool[0]}x{pool[1]} pool windows"
-    return ""
-
-
-def conv_algorithm(x_shape, w_shape, out_size, pool=1, prepared=False):
-    """The algorithm expected faster for a stride-1 float32 convolution that both can run:
-    "winograd" or "im2col", by the cost model of :mod:`detector.winograd` (``pool``: the side
-    of the max-pool fused after it; ``prepared``: the Winograd filters are ready, so their
-    transform costs nothing)."""
-    return "winograd" if _winograd.faster(x_shape, w_shape, out_size, pool, prepared) else "im2col"
 
 
 def conv2d_backward(dout, cache):

@@ -100,41 +100,12 @@ def prepare(w):
     return Filters(u, m, tuple(w.shape))
 
 
-# The cost model: seconds for one image on one thread, a sum of counts times coefficients
-# fitted (non-negative least squares on relative error) to 600 timings of both kernels: C in
-# 1..64, K in 8..128, sides 12..132, with and without a pool, r = 3 and 5. Choosing by it cost
-# 1-2% against always taking the faster kernel (mean), and 2x on a few layers that take
-# microseconds. Columns: multiply-adds, input values moved, output values, a call.
-IM2COL_COST = {5: (1.011e-11, 1.399e-10, 4.161e-11, 9.33e-6),
-               3: (1.049e-11, 1.057e-10, 9.311e-11, 8.68e-6)}
-# multiply-adds of the tile products, transformed inputs, transformed outputs, a call
-WINOGRAD_COST = {5: (8.289e-12, 2.275e-10, 4.050e-10, 6.48e-6),
-                 3: (8.116e-12, 2.920e-10, 2.113e-10, 4.63e-6)}
-PREPARE_COST = 1.27e-7  # seconds per filter and input channel, to transform them
-
-
-def _tiles(out_h, out_w, m, pool):
-    """Tiles the kernel computes: the kept outputs in m x m tiles, rows of them padded to
-    whole chunks (as ext/winograd.pyx cuts them)."""
-    rows, cols = -(-(out_h // pool * pool) // m), -(-(out_w // pool * pool) // m)
-    per_chunk = min(_kernel.MAX_TILES_PER_CHUNK, -(-cols // 32) * 32)
-    return rows * -(-cols // per_chunk) * per_chunk
-
-
-def cost(x_shape, w_shape, out_size, pool=1, prepared=False):
-    """(im2col seconds, Winograd seconds) the cost model expects for a stride-1 convolution
-    of x (N, C, H, W) by w (K, C, r, r) with outputs (OH, OW), on one thread."""
-    n, c = x_shape[:2]
-    k, _, r, _ = w_shape
-    oh, ow = out_size
-    m, kp = TILES[r], -(-k // _kernel.FILTER_BLOCK) * _kernel.FILTER_BLOCK
-    p, t = oh * ow, _tiles(oh, ow, m, pool)
-    im2col = np.dot(IM2COL_COST[r], (p * k * c * r * r, p * c * r * r, p * k, 1 / n)) * n
-    winograd = np.dot(WINOGRAD_COST[r], (t * 36 * kp * c, t * 36 * c, t * kp * m * m, 1 / n)) * n
-    return float(im2col), float(winograd + (0 if prepared else PREPARE_COST * k * c))
-
-
-def faster(x_shape, w_shape, out_size, pool=1, prepared=False):
-    """True when the cost model expects the Winograd kernel to beat im2col + GEMM here."""
-    im2col, winograd = cost(x_shape, w_shape, out_size, pool, prepared)
-    return winograd < im2col
+def tiles(out_h, out_w, pool=1):
+    """Tiles the kernel computes for outputs (OH, OW) and a fused pool: the kept outputs in
+    m x m tiles, rows of them padded to whole chunks (as ext/winograd.pyx cuts them); m is
+    given by the filter size, so this takes it: tiles(...)[m]."""
+    def count(m):
+        rows, cols = -(-(out_h // pool * pool) // m), -(-(out_w // pool * pool) // m)
+        per_chunk = min(_kernel.MAX_TILES_PER_CHUNK, -(-cols // 32) * 32)
+        return rows * -(-cols // per_chunk) * per_chunk
+    return {m: count(m) for m in set(TILES.values())}

@@ -1,9 +1,7 @@
 /* One chunk of the Winograd convolution F(m x m, r x r), compiled once per instruction set.
  *
- * winograd.h includes this file several times, each time with WG(name) giving the names of
- * that copy, WG_VW the floats of its vector type and WG_KB the filters of its register
- * block, inside a `#pragma GCC target` region: the same source becomes an AVX-512, an AVX2
- * and a baseline kernel, and winograd.h picks one at run time.
+ * simd.h includes this file once per instruction set (V(name) names that copy, V_VW is the
+ * floats of a vector, V_KB the filters of a register block); winograd.h picks one at import.
  *
  * A chunk is a run of up to Tb tiles of one tile row of one image (a tile: m x m outputs,
  * read from an n x n input patch, n = m + r - 1). It is computed from start to end in the
@@ -11,7 +9,7 @@
  *   1. the chunk's n input rows of every channel, copied with the padding as zeros and split
  *      into their m column phases, so that every later read is contiguous over tiles;
  *   2. V[xi][c][t] = (B^T d B)[xi], the input transform of each tile t and channel c;
- *   3. per block of WG_KB filters: M[xi][k][t] = sum over c of U[xi][k][c] V[xi][c][t], a
+ *   3. per block of V_KB filters: M[xi][k][t] = sum over c of U[xi][k][c] V[xi][c][t], a
  *      register-blocked vector micro-kernel (the element-wise stage as n*n small GEMMs);
  *   4. Y = A^T M A per filter and tile, then bias, the ReLU and a max-pool of q x q windows
  *      (q divides m: a tile is whole pool windows), written to the output.
@@ -19,74 +17,13 @@
  * into vector code for the region's instruction set.
  */
 
-typedef float WG(vf) __attribute__((vector_size(WG_VW * 4), aligned(4)));
-typedef int WG(vi) __attribute__((vector_size(WG_VW * 4), aligned(4)));
-
-/* lanes 0, VW, 1, VW + 1, ... of two vectors (lo), and the second half of that (hi) */
-#if WG_VW == 16
-static const WG(vi) WG(interleave_lo) = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-static const WG(vi) WG(interleave_hi) = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-#elif WG_VW == 8
-static const WG(vi) WG(interleave_lo) = {0, 8, 1, 9, 2, 10, 3, 11};
-static const WG(vi) WG(interleave_hi) = {4, 12, 5, 13, 6, 14, 7, 15};
-#else
-static const WG(vi) WG(interleave_lo) = {0, 4, 1, 5};
-static const WG(vi) WG(interleave_hi) = {2, 6, 3, 7};
-#endif
-
-/* a where the mask is set, else b (a mask lane is all ones or all zeros) */
-static inline WG(vf) WG(select)(WG(vi) mask, WG(vf) a, WG(vf) b)
-{
-    return (WG(vf))(((WG(vi))a & mask) | ((WG(vi))b & ~mask));
-}
-
-/* as windows.pxd's nan_max and relu: a NaN wins the max and passes the ReLU */
-static inline WG(vf) WG(nan_max)(WG(vf) best, WG(vf) v)
-{
-    return WG(select)((v > best) | (v != v), v, best);
-}
-
-static inline WG(vf) WG(relu)(WG(vf) v)
-{
-    return WG(select)((v > 0) | (v != v), v, (WG(vf)){0});
-}
-
-/* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * tb + t], for WG_KB filters, all tb tiles */
-static inline void WG(gemm_block)(const float *restrict u, Py_ssize_t ldu,
-                                  const float *restrict v, Py_ssize_t C, Py_ssize_t tb,
-                                  float *restrict m)
-{
-    for (Py_ssize_t t = 0; t < tb; t += 2 * WG_VW) {
-        WG(vf) acc0[WG_KB], acc1[WG_KB];
-        for (int kk = 0; kk < WG_KB; kk++) {
-            acc0[kk] = (WG(vf)){0};
-            acc1[kk] = (WG(vf)){0};
-        }
-        const float *vt = v + t;
-        for (Py_ssize_t c = 0; c < C; c++) {
-            WG(vf) v0 = *(const WG(vf) *)(vt + c * tb);
-            WG(vf) v1 = *(const WG(vf) *)(vt + c * tb + WG_VW);
-#pragma GCC unroll 8
-            for (int kk = 0; kk < WG_KB; kk++) {
-                float uk = u[kk * ldu + c];
-                acc0[kk] += uk * v0;
-                acc1[kk] += uk * v1;
-            }
-        }
-        for (int kk = 0; kk < WG_KB; kk++) {
-            *(WG(vf) *)(m + kk * tb + t) = acc0[kk];
-            *(WG(vf) *)(m + kk * tb + t + WG_VW) = acc1[kk];
-        }
-    }
-}
-
 /* o[nu] = sum over s of B^T[nu][s] d[s], B^T of the six points 0, 1, -1, 2, -2 and infinity
  * (detector.winograd.transforms(m, r)[2] for every n = 6 tile; tests check they agree). */
-static inline void WG(bt6)(WG(vf) d0, WG(vf) d1, WG(vf) d2, WG(vf) d3, WG(vf) d4, WG(vf) d5,
-                           WG(vf) *o)
+static inline void V(bt6)(V(vf) d0, V(vf) d1, V(vf) d2, V(vf) d3, V(vf) d4, V(vf) d5,
+                           V(vf) *o)
 {
-    WG(vf) s12 = d1 + d2, d21 = d2 - d1, s34 = d3 + d4, d34 = d3 - d4;
-    WG(vf) d31 = d3 - d1, d42 = d4 - d2;
+    V(vf) s12 = d1 + d2, d21 = d2 - d1, s34 = d3 + d4, d34 = d3 - d4;
+    V(vf) d31 = d3 - d1, d42 = d4 - d2;
     o[0] = 4 * d0 - 5 * d2 + d4;
     o[1] = 4 * s12 - s34;
     o[2] = 4 * d21 + d34;
@@ -96,16 +33,16 @@ static inline void WG(bt6)(WG(vf) d0, WG(vf) d1, WG(vf) d2, WG(vf) d3, WG(vf) d4
 }
 
 /* o0, o1 = A^T d of F(2, r) over the six points: [1 1 1 1 1 0] d and [0 1 -1 2 -2 1] d */
-static inline void WG(at2)(WG(vf) d0, WG(vf) d1, WG(vf) d2, WG(vf) d3, WG(vf) d4, WG(vf) d5,
-                           WG(vf) *o0, WG(vf) *o1)
+static inline void V(at2)(V(vf) d0, V(vf) d1, V(vf) d2, V(vf) d3, V(vf) d4, V(vf) d5,
+                           V(vf) *o0, V(vf) *o1)
 {
-    WG(vf) s12 = d1 + d2, s34 = d3 + d4;
+    V(vf) s12 = d1 + d2, s34 = d3 + d4;
     *o0 = d0 + s12 + s34;
     *o1 = (d1 - d2) + 2 * (d3 - d4) + d5;
 }
 
 /* Steps 1 and 2: v[xi][c][t] for the tiles t0 .. t0 + tb - 1 of tile row ti. */
-static void WG(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                                 Py_ssize_t PH, Py_ssize_t PW, int m, Py_ssize_t ti,
                                 Py_ssize_t t0, Py_ssize_t tb, float *restrict phases,
                                 float *restrict v)
@@ -147,18 +84,18 @@ static void WG(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_
             }
         }
         /* per vector of tiles: e = d B (rows), then v = B^T e (columns) */
-        for (Py_ssize_t t = 0; t < tb; t += WG_VW) {
-            WG(vf) e[WG_N][WG_N], o[WG_N];
+        for (Py_ssize_t t = 0; t < tb; t += V_VW) {
+            V(vf) e[WG_N][WG_N], o[WG_N];
             for (int r = 0; r < WG_N; r++) {
                 const float *row = phases + r * m * J + t;
-#define WG_D(s) (*(const WG(vf) *)(row + ((s) % m) * J + (s) / m))
-                WG(bt6)(WG_D(0), WG_D(1), WG_D(2), WG_D(3), WG_D(4), WG_D(5), e[r]);
+#define WG_D(s) (*(const V(vf) *)(row + ((s) % m) * J + (s) / m))
+                V(bt6)(WG_D(0), WG_D(1), WG_D(2), WG_D(3), WG_D(4), WG_D(5), e[r]);
 #undef WG_D
             }
             for (int nu = 0; nu < WG_N; nu++) {
-                WG(bt6)(e[0][nu], e[1][nu], e[2][nu], e[3][nu], e[4][nu], e[5][nu], o);
+                V(bt6)(e[0][nu], e[1][nu], e[2][nu], e[3][nu], e[4][nu], e[5][nu], o);
                 for (int mu = 0; mu < WG_N; mu++)
-                    *(WG(vf) *)(v + ((Py_ssize_t)(mu * WG_N + nu) * C + c) * tb + t) = o[mu];
+                    *(V(vf) *)(v + ((Py_ssize_t)(mu * WG_N + nu) * C + c) * tb + t) = o[mu];
             }
         }
     }
@@ -166,29 +103,29 @@ static void WG(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_
 
 /* Step 4 for one filter: y = A^T M A over the chunk's tiles, then bias, ReLU and pool:
  * fin[(a2 * per + b2) * tb + t] is output (a2, b2) of tile t (per = m / q a side). */
-static void WG(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m,
+static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m,
                                  const float *restrict at, Py_ssize_t tb, Py_ssize_t count,
                                  float bias, int relu, int q, float *restrict fin)
 {
     const int per = m / q;
-    for (Py_ssize_t t = 0; t < count; t += WG_VW) {
-        WG(vf) z[WG_MMAX][WG_N], y[WG_MMAX][WG_MMAX];
+    for (Py_ssize_t t = 0; t < count; t += V_VW) {
+        V(vf) z[WG_MMAX][WG_N], y[WG_MMAX][WG_MMAX];
         if (m == 2) {  /* A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1], written out */
             for (int nu = 0; nu < WG_N; nu++) {
-#define WG_M(mu) (*(const WG(vf) *)(mk + ((mu) * WG_N + nu) * ldxi + t))
-                WG(at2)(WG_M(0), WG_M(1), WG_M(2), WG_M(3), WG_M(4), WG_M(5), &z[0][nu], &z[1][nu]);
+#define WG_M(mu) (*(const V(vf) *)(mk + ((mu) * WG_N + nu) * ldxi + t))
+                V(at2)(WG_M(0), WG_M(1), WG_M(2), WG_M(3), WG_M(4), WG_M(5), &z[0][nu], &z[1][nu]);
 #undef WG_M
             }
             for (int a = 0; a < 2; a++)
-                WG(at2)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], &y[a][0], &y[a][1]);
+                V(at2)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], &y[a][0], &y[a][1]);
         } else {
             /* z[a][nu] = sum over mu of at[a][mu] M[mu][nu] */
             for (int nu = 0; nu < WG_N; nu++) {
-                WG(vf) col[WG_N];
+                V(vf) col[WG_N];
                 for (int mu = 0; mu < WG_N; mu++)
-                    col[mu] = *(const WG(vf) *)(mk + (mu * WG_N + nu) * ldxi + t);
+                    col[mu] = *(const V(vf) *)(mk + (mu * WG_N + nu) * ldxi + t);
                 for (int a = 0; a < m; a++) {
-                    WG(vf) acc = col[0] * at[a * WG_N];
+                    V(vf) acc = col[0] * at[a * WG_N];
                     for (int mu = 1; mu < WG_N; mu++)
                         acc += col[mu] * at[a * WG_N + mu];
                     z[a][nu] = acc;
@@ -197,7 +134,7 @@ static void WG(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int 
             /* y[a][b] = sum over nu of z[a][nu] at[b][nu] */
             for (int a = 0; a < m; a++)
                 for (int b = 0; b < m; b++) {
-                    WG(vf) acc = z[a][0] * at[b * WG_N];
+                    V(vf) acc = z[a][0] * at[b * WG_N];
                     for (int nu = 1; nu < WG_N; nu++)
                         acc += z[a][nu] * at[b * WG_N + nu];
                     y[a][b] = acc;
@@ -207,47 +144,47 @@ static void WG(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int 
          * ReLU commute with adding the bias */
         for (int a2 = 0; a2 < per; a2++)
             for (int b2 = 0; b2 < per; b2++) {
-                WG(vf) top = y[a2 * q][b2 * q];
+                V(vf) top = y[a2 * q][b2 * q];
                 for (int i = 0; i < q; i++)
                     for (int j = 0; j < q; j++)
                         if (i || j)
-                            top = WG(nan_max)(top, y[a2 * q + i][b2 * q + j]);
+                            top = V(nan_max)(top, y[a2 * q + i][b2 * q + j]);
                 top += bias;
                 if (relu)
-                    top = WG(relu)(top);
-                *(WG(vf) *)(fin + (a2 * per + b2) * tb + t) = top;
+                    top = V(relu)(top);
+                *(V(vf) *)(fin + (a2 * per + b2) * tb + t) = top;
             }
     }
 }
 
 /* Planes of finished outputs (as output_transform leaves them) into the rows of one output
  * channel, plus add[0] when add is given; the rows and columns past the output are dropped. */
-static void WG(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize_t count,
+static void V(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize_t count,
                       const float *restrict add, Py_ssize_t row0, Py_ssize_t t0,
                       float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
 {
-    WG(vf) plus = (WG(vf)){0} + (add ? add[0] : 0);
-    for (Py_ssize_t t = 0; t < count; t += WG_VW) {
-        WG(vf) best[WG_MMAX][WG_MMAX];
+    V(vf) plus = (V(vf)){0} + (add ? add[0] : 0);
+    for (Py_ssize_t t = 0; t < count; t += V_VW) {
+        V(vf) best[WG_MMAX][WG_MMAX];
         for (int a2 = 0; a2 < per; a2++)
             for (int b2 = 0; b2 < per; b2++) {
-                best[a2][b2] = *(const WG(vf) *)(fin + (a2 * per + b2) * tb + t);
+                best[a2][b2] = *(const V(vf) *)(fin + (a2 * per + b2) * tb + t);
                 if (add)
                     best[a2][b2] += plus;
             }
-        Py_ssize_t n_t = count - t < WG_VW ? count - t : WG_VW;
-        int whole = n_t == WG_VW && (t0 + t + WG_VW) * per <= OWo;
+        Py_ssize_t n_t = count - t < V_VW ? count - t : V_VW;
+        int whole = n_t == V_VW && (t0 + t + V_VW) * per <= OWo;
         for (int a2 = 0; a2 < per; a2++) {
             Py_ssize_t row = row0 + a2;
             if (row >= OHo)
                 break;
             float *restrict orow = out + row * OWo + (t0 + t) * per;
             if (whole && per == 1) {
-                *(WG(vf) *)orow = best[a2][0];
+                *(V(vf) *)orow = best[a2][0];
             } else if (whole && per == 2) {  /* the two columns of each tile, interleaved */
-                WG(vf) lo = best[a2][0], hi = best[a2][1];
-                *(WG(vf) *)orow = __builtin_shuffle(lo, hi, WG(interleave_lo));
-                *(WG(vf) *)(orow + WG_VW) = __builtin_shuffle(lo, hi, WG(interleave_hi));
+                V(vf) lo = best[a2][0], hi = best[a2][1];
+                *(V(vf) *)orow = __builtin_shuffle(lo, hi, V(interleave_lo));
+                *(V(vf) *)(orow + V_VW) = __builtin_shuffle(lo, hi, V(interleave_hi));
             } else {
                 for (Py_ssize_t i = 0; i < n_t; i++)
                     for (int b2 = 0; b2 < per && (t0 + t + i) * per + b2 < OWo; b2++)
@@ -261,7 +198,7 @@ static void WG(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssiz
  * u: (n*n, Kp, C) with Kp a multiple of 8; out: (K, OHo, OWo) of this image. With a
  * projection (p: (K2p, K), K2p a multiple of 8, and bias p_bias), a 1x1 convolution of the
  * finished outputs: out is then (K2, OHo, OWo), and the K channels are never stored. */
-static void WG(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t PH, Py_ssize_t PW, const float *restrict u, Py_ssize_t K,
                       Py_ssize_t Kp, const float *restrict bias, int relu, int q,
                       int m, const float *restrict at,
@@ -272,29 +209,29 @@ static void WG(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ss
     const Py_ssize_t nn = WG_N * WG_N, per = m / q, planes = per * per * tb;
     const Py_ssize_t row0 = (ti * m) / q;
     float *v = scratch;                                  /* nn * C * tb */
-    float *mb = v + nn * C * tb;                         /* nn * WG_KB * tb */
-    float *fin = mb + nn * WG_KB * tb;                   /* Kp * planes with p, else planes */
+    float *mb = v + nn * C * tb;                         /* nn * V_KB * tb */
+    float *fin = mb + nn * V_KB * tb;                   /* Kp * planes with p, else planes */
     float *phases = fin + (p ? Kp : 1) * planes;         /* WG_N * m * (tb + (WG_N - 1) / m + 1) */
-    WG(input_transform)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
-    for (Py_ssize_t k0 = 0; k0 < K; k0 += WG_KB) {
+    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
+    for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
         for (Py_ssize_t xi = 0; xi < nn; xi++)
-            WG(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * C * tb, C, tb,
-                           mb + xi * WG_KB * tb);
-        for (int kk = 0; kk < WG_KB && k0 + kk < K; kk++) {
+            V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * C * tb, C, tb,
+                           mb + xi * V_KB * tb);
+        for (int kk = 0; kk < V_KB && k0 + kk < K; kk++) {
             float *f = p ? fin + (k0 + kk) * planes : fin;
-            WG(output_transform)(mb + kk * tb, WG_KB * tb, m, at, tb, count, bias[k0 + kk],
+            V(output_transform)(mb + kk * tb, V_KB * tb, m, at, tb, count, bias[k0 + kk],
                                  relu, q, f);
             if (!p)
-                WG(store)(f, tb, per, count, NULL, row0, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
+                V(store)(f, tb, per, count, NULL, row0, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
         }
     }
     if (!p)
         return;
-    /* the projection: WG_KB output channels at a time, over every finished output */
-    for (Py_ssize_t j0 = 0; j0 < K2; j0 += WG_KB) {
-        WG(gemm_block)(p + j0 * K, K, fin, K, planes, mb);
-        for (int jj = 0; jj < WG_KB && j0 + jj < K2; jj++)
-            WG(store)(mb + jj * planes, tb, per, count, p_bias + j0 + jj, row0, t0,
+    /* the projection: V_KB output channels at a time, over every finished output */
+    for (Py_ssize_t j0 = 0; j0 < K2; j0 += V_KB) {
+        V(gemm_block)(p + j0 * K, K, fin, K, planes, mb);
+        for (int jj = 0; jj < V_KB && j0 + jj < K2; jj++)
+            V(store)(mb + jj * planes, tb, per, count, p_bias + j0 + jj, row0, t0,
                       out + (j0 + jj) * OHo * OWo, OHo, OWo);
     }
 }

@@ -6,6 +6,7 @@ import pytest
 
 from detector import layers as L
 from detector import winograd
+from detector.conv_algorithms import choose, cost
 from detector._ext import winograd as kernel
 
 import reference as ref
@@ -155,7 +156,7 @@ def test_layers_it_cannot_run_are_refused_by_name(kwargs, message):
 
 def test_unknown_algorithm_and_mismatched_filters_are_refused():
     x, w, b = np.zeros((1, 2, 9, 9), np.float32), np.zeros((3, 2, 5, 5), np.float32), np.zeros(3, np.float32)
-    with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', not 'fft'"):
+    with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', 'direct', not 'fft'"):
         L.conv2d_infer(x, w, b, algorithm="fft")
     with pytest.raises(ValueError, match=r"prepared for filters \(4, 2, 5, 5\), not \(3, 2, 5, 5\)"):
         L.conv2d_infer(x, w, b, winograd_filters=winograd.prepare(np.zeros((4, 2, 5, 5), np.float32)))
@@ -163,13 +164,15 @@ def test_unknown_algorithm_and_mismatched_filters_are_refused():
 
 def test_cost_model_takes_winograd_for_the_shipped_nets_large_layers_only():
     # conv2 and fc1 of the shipped net's FCN over a 1024x1024 image; conv1 has one channel
-    assert L.conv_algorithm((1, 16, 510, 510), (32, 16, 5, 5), (506, 506), pool=2, prepared=True) == "winograd"
-    assert L.conv_algorithm((1, 32, 253, 253), (128, 32, 5, 5), (249, 249), prepared=True) == "winograd"
-    assert L.conv_algorithm((1, 1, 1024, 1024), (16, 1, 5, 5), (1020, 1020), pool=2) == "im2col"
-    # a lone 32x32 window: its fc1 output is one value per filter, a chunk of padding
-    assert L.conv_algorithm((64, 32, 5, 5), (128, 32, 5, 5), (1, 1)) == "im2col"
-    im2col, wino = winograd.cost((1, 32, 253, 253), (128, 32, 5, 5), (249, 249))
-    assert wino < im2col < 4 * wino
+    assert choose((1, 16, 510, 510), (32, 16, 5, 5), (506, 506), pool=2, prepared=True) == "winograd"
+    assert choose((1, 32, 253, 253), (128, 32, 5, 5), (249, 249), prepared=True) == "winograd"
+    assert choose((1, 1, 1024, 1024), (16, 1, 5, 5), (1020, 1020), pool=2) == "direct"
+    # a batch of lone 32x32 windows: fc1's output is one value per filter, a chunk of padding
+    assert choose((64, 32, 5, 5), (128, 32, 5, 5), (1, 1)) == "im2col"
+    costs = cost((1, 32, 253, 253), (128, 32, 5, 5), (249, 249))
+    assert costs["winograd"] < costs["im2col"] < 4 * costs["winograd"]
+    assert set(cost((1, 4, 20, 20), (8, 4, 5, 5), (16, 16), pool=2)) == {"im2col", "winograd", "direct"}
+    assert set(cost((1, 4, 20, 20), (8, 4, 7, 7), (14, 14), pool=2)) == {"im2col", "direct"}
 
 
 def test_the_fcn_prepares_its_filters_and_uses_them():

@@ -25,6 +25,6 @@ _openblas = ctypes.CDLL(
 )
 _openblas.scipy_openblas_set_num_threads(1)
 
-from . import activations, conv, linear, parallel, pool, winograd  # noqa: E402  (needs BLAS loaded)
+from . import activations, conv, direct, linear, parallel, pool, winograd  # noqa: E402  (needs BLAS loaded)
 
-__all__ = ["activations", "conv", "linear", "parallel", "pool", "winograd"]
+__all__ = ["activations", "conv", "direct", "linear", "parallel", "pool", "winograd"]
