@@ -187,6 +187,10 @@ def _parser():
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     layers = _command(targets, "layers", "forward and backward of each layer kernel against NumPy and PyTorch")
     layers.add_argument("--json", action="store_true", help="print one JSON object")
+    balg = _command(targets, "algorithms", "each inference convolution kernel over layer shapes, "
+                                           "against the cost model's choice")
+    balg.add_argument("--threads", type=arg.count, default=1, help="kernel threads")
+    balg.add_argument("--json", action="store_true", help="print one JSON object")
     bfcn = _command(targets, "fcn", "the shipped model's fully convolutional pass against PyTorch and ONNX Runtime")
     bfcn.add_argument("--threads", type=arg.whole_list(1), default="1,2", help="thread counts, comma-separated")
     bfcn.add_argument("--sizes", type=arg.whole_list(32), default="256,512,1024,2048",

@@ -129,3 +129,20 @@ def test_benches_without_references_skip_their_columns_with_a_note(monkeypatch, 
     assert main(["bench", "train", "--threads", "1", "--batch", "4"]) == 0
     text = capsys.readouterr().out
     assert "note: PyTorch is not installed" in text and "not judged: PyTorch is not installed" in text
+
+
+def test_bench_algorithms_times_every_kernel_and_judges_the_choice():
+    from detector.bench import algorithms
+
+    grid = {"filters": (5,), "channels": (1, 16), "outputs": (8,), "side": (20,), "pool": (1, 2)}
+    result = algorithms.run(threads=1, grid=grid)
+    assert len(result["rows"]) == 4
+    for row in result["rows"]:
+        times = {k: row[f"{k}_ms"] for k in algorithms.KERNELS}
+        assert all(t > 0 for t in times.values())
+        assert row["fastest"] == min(times, key=times.get)
+        assert row["chosen_over_fastest"] == times[row["chosen"]] / times[row["fastest"]] >= 1
+    summary = result["summary"]
+    assert summary["total_fastest_ms"] <= summary["total_chosen_ms"]
+    assert summary["total_fastest_ms"] <= summary["total_im2col_ms"]
+    assert "the choice is the fastest kernel on" in algorithms.format_table(result)
