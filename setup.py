@@ -59,7 +59,7 @@ extensions = [
     Extension(
         f"detector._ext.{name}",
         [f"ext/{name}.pyx"],
-        include_dirs=[scipy_openblas32.get_include_dir()],
+        include_dirs=[scipy_openblas32.get_include_dir(), "ext"],  # ext/*.h
         extra_compile_args=["-O3", *omp],
         extra_link_args=omp,
     )
