@@ -26,6 +26,10 @@ from blas cimport gemm
 from sgemm cimport SGEMM_ACCUMULATE, SGEMM_BIAS, SGEMM_ZERO, sgemm, sgemm_use_isa
 from windows cimport max_row, relu, valid_span
 
+cdef extern from "spans.h" nogil:
+    void spans_init()
+    void span_copy_f32(float *d, const float *s, Py_ssize_t n)
+
 # Training: the columns of one chunk (and backward's column gradient) stay within a core's
 # L2 cache (2 MiB here).
 cdef Py_ssize_t COLS_BUDGET_BYTES = 1 << 19
@@ -100,8 +104,11 @@ cdef void im2col_rows(const floating *x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t 
                             dst[t] = 0
                         src = x + (c * H + ih) * W + lo * SW + j - PW
                         if SW == 1:
-                            for t in range(hi - lo):
-                                dst[lo + t] = src[t]
+                            if floating is float:
+                                span_copy_f32(dst + lo, src, hi - lo)
+                            else:
+                                for t in range(hi - lo):
+                                    dst[lo + t] = src[t]
                         else:
                             for t in range(hi - lo):
                                 dst[lo + t] = src[t * SW]
@@ -375,3 +382,4 @@ def sgemm_instruction_set(int isa=-1):
 
 
 sgemm_use_isa(-1)
+spans_init()
