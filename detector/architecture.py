@@ -12,8 +12,9 @@ A spec is a list of layers separated by spaces or dashes:
 
 Each layer class wraps the functional API of :mod:`detector.layers` and adds nothing but
 its parameters' shapes and its output shape. ``forward``/``backward`` are training's (with
-caches); ``infer`` gives the output alone, on the inference kernels. :func:`infer` runs a
-list of layers that way, a convolution taking in the ReLU and the tiling max-pool after it
+caches; ``backward(..., input_grad=False)`` gives None for the input's gradient, which a
+convolution then never computes); ``infer`` gives the output alone, on the inference
+kernels. :func:`infer` runs a list of layers that way, a convolution taking in the ReLU and the tiling max-pool after it
 (:func:`inference_steps`).
 """
 import math
@@ -56,8 +57,8 @@ class Conv:
         return L.conv2d_infer(x, params["w"], params["b"], stride=self.stride, padding=self.padding,
                               relu=relu, pool=pool, winograd_filters=winograd_filters, project=project)
 
-    def backward(self, dout, cache):
-        dx, dw, db = L.conv2d_backward(dout, cache)
+    def backward(self, dout, cache, input_grad=True):
+        dx, dw, db = L.conv2d_backward(dout, cache, input_grad=input_grad)
         return dx, {"w": dw, "b": db}
 
 
@@ -91,8 +92,8 @@ class Pool:
             return L.max_pool2d_infer(x, self.size, stride=self.stride, padding=self.padding)
         return self.forward(x, params)[0]
 
-    def backward(self, dout, cache):
-        return getattr(L, f"{self.kind}_pool2d_backward")(dout, cache), {}
+    def backward(self, dout, cache, input_grad=True):
+        return getattr(L, f"{self.kind}_pool2d_backward")(dout, cache) if input_grad else None, {}
 
 
 @dataclass
@@ -111,8 +112,8 @@ class Relu:
     def infer(self, x, params):
         return L.relu_forward(x)[0]
 
-    def backward(self, dout, cache):
-        return L.relu_backward(dout, cache), {}
+    def backward(self, dout, cache, input_grad=True):
+        return L.relu_backward(dout, cache) if input_grad else None, {}
 
 
 @dataclass
@@ -133,10 +134,10 @@ class Linear:
     def infer(self, x, params):
         return L.linear_forward(x.reshape(len(x), -1), params["w"], params["b"])[0]
 
-    def backward(self, dout, cache):
+    def backward(self, dout, cache, input_grad=True):
         cache, in_shape = cache
         dx, dw, db = L.linear_backward(dout, cache)
-        return dx.reshape(in_shape), {"w": dw, "b": db}
+        return dx.reshape(in_shape) if input_grad else None, {"w": dw, "b": db}
 
 
 def parse_spec(spec):

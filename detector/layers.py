@@ -213,15 +213,19 @@ def _projection(project, w, dtype):
     return w2, b2
 
 
-def conv2d_backward(dout, cache):
-    """Gradients of :func:`conv2d_forward`: dout (N, K, OH, OW) -> dx, dw, db."""
+def conv2d_backward(dout, cache, input_grad=True):
+    """Gradients of :func:`conv2d_forward`: dout (N, K, OH, OW) -> dx, dw, db.
+
+    With ``input_grad=False`` dx is None and costs nothing: a net's first layer needs no
+    gradient for its input.
+    """
     _check_cache(cache, ConvCache, "conv2d_forward")
     x, w, (sh, sw), (ph, pw) = cache
     n, k = x.shape[0], w.shape[0]
     oh = output_size(x.shape[2], w.shape[2], ph, sh, "height")
     ow = output_size(x.shape[3], w.shape[3], pw, sw, "width")
     dout = _gradient(dout, x, (n, k, oh, ow))
-    dx = np.zeros_like(x)
+    dx = np.zeros_like(x) if input_grad else None
     dw = np.empty((k, w[0].size), x.dtype)
     db = np.empty(k, x.dtype)
     _conv.conv2d_backward(dout, x, w, dx, dw, db, sh, sw, ph, pw, get_num_threads())

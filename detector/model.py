@@ -214,8 +214,10 @@ class Net:
         if self._caches is None:
             raise RuntimeError("backward needs a forward(x, train=True) first")
         grads = {}
-        for layer, cache in zip(reversed(self.layers), reversed(self._caches)):
-            dscores, layer_grads = layer.backward(dscores, cache)
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            # the first layer's input is the data: it needs no gradient
+            dscores, layer_grads = layer.backward(dscores, self._caches[i], input_grad=i > 0)
             for key, value in layer_grads.items():
                 grads[f"{layer.name}.{key}"] = value
         self._caches = None

@@ -1,4 +1,8 @@
-"""Convolution kernels: im2col of a block of output rows into per-thread scratch, then BLAS.
+"""Convolution kernels: im2col of a block of output rows into per-thread scratch, then a GEMM.
+
+Training's float32 GEMMs run on our own micro-kernel (sgemm.h: AVX-512, AVX2 or the
+baseline, picked at run time), float64 and inference on OpenBLAS. Backward sums each weight
+gradient over a fixed group of blocks in one slot, then the slots in a fixed order.
 
 The work is cut into chunks (image, block of output rows) whose bounds depend only on the
 shapes, never on the thread count, so the results are bit-identical for any number of
@@ -19,11 +23,20 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 
 from blas cimport gemm
+from sgemm cimport SGEMM_ACCUMULATE, SGEMM_BIAS, SGEMM_ZERO, sgemm, sgemm_use_isa
 from windows cimport max_row, relu, valid_span
 
-# Backward: cols and dcols of one chunk stay within a core's L2 cache (2 MiB here).
+cdef extern from "spans.h" nogil:
+    void spans_init()
+    void span_copy_f32(float *d, const float *s, Py_ssize_t n)
+
+# Training: the columns of one chunk (and backward's column gradient) stay within a core's
+# L2 cache (2 MiB here).
 cdef Py_ssize_t COLS_BUDGET_BYTES = 1 << 19
-# Forward: OpenBLAS multiplies small matrices without packing them (M * N * K <= 1e6 on
+# Slots for the weight gradient's partial sums in each backward phase: a constant, so that
+# the sums' order is fixed by the shapes alone, and enough groups of blocks to share out.
+cdef Py_ssize_t WEIGHT_GROUPS = 16
+# Inference: OpenBLAS multiplies small matrices without packing them (M * N * K <= 1e6 on
 # current x86 cores), which runs ~30% faster than the packed path on 16-32 filters.
 cdef Py_ssize_t GEMM_SMALL_MNK = 1000000
 # Inference, GEMMs too large for that path: the columns of one chunk up to 2 MiB (measured
@@ -47,13 +60,11 @@ cpdef Py_ssize_t infer_blocks_per_image(Py_ssize_t k, Py_ssize_t cff, Py_ssize_t
 cpdef Py_ssize_t blocks_per_image(Py_ssize_t k, Py_ssize_t cff, Py_ssize_t fh, Py_ssize_t sh,
                                   Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t itemsize,
                                   bint backward) noexcept:
-    """How many blocks of output rows one image is cut into, for k filters over cff inputs."""
-    cdef Py_ssize_t rows, blocks, least
-    if backward:
-        rows = COLS_BUDGET_BYTES // (cff * ow * itemsize)
-    else:
-        rows = GEMM_SMALL_MNK // (k * cff * ow)
-    blocks = (oh + max(rows, 1) - 1) // max(rows, 1)
+    """How many blocks of output rows one image is cut into, for k filters over cff inputs
+    (training)."""
+    cdef Py_ssize_t rows = COLS_BUDGET_BYTES // (cff * ow * itemsize)
+    cdef Py_ssize_t blocks = (oh + max(rows, 1) - 1) // max(rows, 1)
+    cdef Py_ssize_t least
     if backward:
         # backward scatters even blocks, then odd ones; blocks two apart must touch
         # disjoint input rows, which holds when every block has (rows + 1) * sh >= fh
@@ -93,8 +104,11 @@ cdef void im2col_rows(const floating *x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t 
                             dst[t] = 0
                         src = x + (c * H + ih) * W + lo * SW + j - PW
                         if SW == 1:
-                            for t in range(hi - lo):
-                                dst[lo + t] = src[t]
+                            if floating is float:
+                                span_copy_f32(dst + lo, src, hi - lo)
+                            else:
+                                for t in range(hi - lo):
+                                    dst[lo + t] = src[t]
                         else:
                             for t in range(hi - lo):
                                 dst[lo + t] = src[t * SW]
@@ -153,12 +167,16 @@ def conv2d_forward(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
             r1 = block_start(chunk % blocks + 1, blocks, OH)
             im2col_rows(&x[n, 0, 0, 0], C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1, cols)
             o = &out[n, 0, r0, 0]
-            for k in range(K):
-                for i in range((r1 - r0) * OW):
-                    o[k * P + i] = b[k]
-            # out[n, :, r0:r1] (K, L) += w (K, CFF) @ cols (CFF, L)
-            gemm(False, False, K, (r1 - r0) * OW, CFF, &w[0, 0, 0, 0], CFF,
-                 cols, (r1 - r0) * OW, 1, o, P)
+            # out[n, :, r0:r1] (K, L) = b + w (K, CFF) @ cols (CFF, L)
+            if floating is float:
+                sgemm(K, (r1 - r0) * OW, CFF, &w[0, 0, 0, 0], CFF, 1, cols, (r1 - r0) * OW,
+                      o, P, SGEMM_BIAS, &b[0])
+            else:
+                for k in range(K):
+                    for i in range((r1 - r0) * OW):
+                        o[k * P + i] = b[k]
+                gemm(False, False, K, (r1 - r0) * OW, CFF, &w[0, 0, 0, 0], CFF,
+                     cols, (r1 - r0) * OW, 1, o, P)
 
 
 cdef void bias_relu_rows(floating *o, Py_ssize_t K, Py_ssize_t L, Py_ssize_t P,
@@ -244,59 +262,124 @@ def conv2d_infer(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
                 bias_relu_rows(&out[n, 0, r0, 0], K, L, Pq, &b[0], apply_relu)
 
 
+cdef void transpose_block(const floating *g, Py_ssize_t K, Py_ssize_t L, Py_ssize_t P,
+                          floating *gt) noexcept nogil:
+    """gt (L, K) = g (K, L) transposed, g's rows P apart: the weight gradient's B operand.
+    Written in order, each of the K rows of g read in order."""
+    cdef Py_ssize_t k, i
+    for i in range(L):
+        for k in range(K):
+            gt[i * K + k] = g[k * P + i]
+
+
+cdef void weight_gradient(const floating *cols, const floating *g, Py_ssize_t CFF, Py_ssize_t K,
+                          Py_ssize_t L, Py_ssize_t P, floating *gt, floating *slot,
+                          bint accumulate) noexcept nogil:
+    """slot (CFF, K) (+)= cols (CFF, L) @ dout block.T (L, K), the block's rows P apart."""
+    if floating is float:
+        transpose_block(g, K, L, P, gt)
+        sgemm(CFF, K, L, cols, L, 1, gt, K, slot, K,
+              SGEMM_ACCUMULATE if accumulate else SGEMM_ZERO, NULL)
+    else:
+        # this orientation runs ~1.5x faster in OpenBLAS than dout block @ cols.T
+        gemm(False, True, CFF, K, L, cols, L, g, P, 1 if accumulate else 0, slot, K)
+
+
+cdef double plane_sum(const floating *g, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t P) noexcept nogil:
+    """The sum of N planes of P values, stride apart, in double: eight running sums (a chain
+    of dependent adds would wait on each one), combined in a fixed order."""
+    cdef double lanes[8]
+    cdef Py_ssize_t n, i, t
+    for t in range(8):
+        lanes[t] = 0
+    for n in range(N):
+        for i in range(0, P - 7, 8):
+            for t in range(8):
+                lanes[t] += g[n * stride + i + t]
+        for i in range(P - P % 8, P):
+            lanes[i % 8] += g[n * stride + i]
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
 def conv2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, K, OH, OW)
                     const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
                     const floating[:, :, :, ::1] w,  # IN (K, C, FH, FW)
-                    floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
+                    floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller; None: skip
                     floating[:, ::1] dw,  # OUT (K, C * FH * FW)
                     floating[::1] db,  # OUT (K,)
                     Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, int num_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], FH = w.shape[2], FW = w.shape[3]
     cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3], P = OH * OW, CFF = C * FH * FW
+    cdef bint input_grad = dx is not None
     cdef Py_ssize_t blocks = blocks_per_image(K, CFF, FH, SH, OH, OW, sizeof(floating), True)
     cdef Py_ssize_t rows = (OH + blocks - 1) // blocks  # the most rows of any block
+    # even blocks scatter their dx first, then odd ones (see blocks_per_image); without dx
+    # too, so that dw and db are the same bits either way
+    cdef Py_ssize_t phases = 2 if blocks > 1 else 1
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] scratch = np.empty((num_threads, 2 * CFF * rows * OW), dtype=dtype)
-    # one slot per chunk for the transposed weight gradient, summed in a fixed order below
-    cdef floating[:, :, ::1] partial = np.empty((N * blocks, CFF, K), dtype=dtype)
-    cdef Py_ssize_t phase, per_image, j, n, block, r0, r1, L, k, i, c
+    cdef floating[:, ::1] scratch = np.empty(
+        (num_threads, (2 * CFF + K) * rows * OW), dtype=dtype)
+    # one slot per group of blocks for the transposed weight gradient, summed in a fixed
+    # order below; groups are fixed by the shapes, never by the thread count
+    cdef floating[:, :, ::1] partial = np.empty((phases * WEIGHT_GROUPS, CFF, K), dtype=dtype)
+    cdef Py_ssize_t[::1] used = np.zeros(phases, dtype=np.intp)
+    cdef Py_ssize_t phase, per_image, units, groups, group, j, n, block, r0, r1, L, k, i, c
     cdef floating *cols
     cdef floating *dcols
+    cdef floating *gt
+    cdef floating *slot
     cdef const floating *g
-    cdef double acc
-    for phase in range(2):
-        per_image = (blocks - phase + 1) // 2
+    for phase in range(phases):
+        per_image = (blocks - phase + phases - 1) // phases
+        units = N * per_image
+        groups = min(units, WEIGHT_GROUPS)
+        used[phase] = groups
         with nogil, parallel(num_threads=num_threads):
             cols = &scratch[threadid(), 0]
             dcols = cols + CFF * rows * OW
-            for j in prange(N * per_image, schedule='static'):
-                n = j // per_image
-                block = 2 * (j % per_image) + phase
-                r0 = block_start(block, blocks, OH)
-                r1 = block_start(block + 1, blocks, OH)
-                L = (r1 - r0) * OW
-                g = &dout[n, 0, r0, 0]
-                im2col_rows(&x[n, 0, 0, 0], C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1, cols)
-                # dW.T slot (CFF, K) = cols (CFF, L) @ dout block.T (L, K): this orientation
-                # runs ~1.5x faster in OpenBLAS than dout block @ cols.T
-                gemm(False, True, CFF, K, L, cols, L, g, P, 0, &partial[n * blocks + block, 0, 0], K)
-                # dcols (CFF, L) = w.T (CFF, K) @ dout block (K, L)
-                gemm(True, False, CFF, L, K, &w[0, 0, 0, 0], CFF, g, P, 0, dcols, L)
-                col2im_rows(dcols, C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1, &dx[n, 0, 0, 0])
+            gt = dcols + CFF * rows * OW
+            for group in prange(groups, schedule='static'):
+                slot = &partial[phase * WEIGHT_GROUPS + group, 0, 0]
+                for j in range(group * units // groups, (group + 1) * units // groups):
+                    n = j // per_image
+                    block = phases * (j % per_image) + phase
+                    r0 = block_start(block, blocks, OH)
+                    r1 = block_start(block + 1, blocks, OH)
+                    L = (r1 - r0) * OW
+                    g = &dout[n, 0, r0, 0]
+                    im2col_rows(&x[n, 0, 0, 0], C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1, cols)
+                    weight_gradient(cols, g, CFF, K, L, P, gt, slot,
+                                    j > group * units // groups)
+                    if input_grad:
+                        # dcols (CFF, L) = w.T (CFF, K) @ dout block (K, L)
+                        if floating is float:
+                            sgemm(CFF, L, K, &w[0, 0, 0, 0], 1, CFF, g, P, dcols, L, SGEMM_ZERO, NULL)
+                        else:
+                            gemm(True, False, CFF, L, K, &w[0, 0, 0, 0], CFF, g, P, 0, dcols, L)
+                        col2im_rows(dcols, C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1,
+                                    &dx[n, 0, 0, 0])
     # fixed-order sums, each thread over its own rows of the contiguous partials
     cdef double[:, ::1] total = np.zeros((CFF, K))
     with nogil:
         for i in prange(CFF, num_threads=num_threads, schedule='static'):
-            for c in range(N * blocks):
-                for k in range(K):
-                    total[i, k] += partial[c, i, k]
+            for phase in range(phases):
+                for c in range(used[phase]):
+                    for k in range(K):
+                        total[i, k] += partial[phase * WEIGHT_GROUPS + c, i, k]
             for k in range(K):
                 dw[k, i] = <floating>total[i, k]
         for k in prange(K, num_threads=num_threads, schedule='static'):
-            acc = 0
-            for n in range(N):
-                g = &dout[n, k, 0, 0]
-                for i in range(P):
-                    acc = acc + g[i]
-            db[k] = <floating>acc
+            db[k] = <floating>plane_sum(&dout[0, k, 0, 0], N, K * P, P)
+
+
+
+def sgemm_instruction_set(int isa=-1):
+    """Run training's float32 GEMM on instruction set ``isa`` from now on (0: the build's
+    baseline, 1: AVX2 with FMA, 2: AVX-512; -1, or more than the CPU has: the best it has)
+    and return the one in use. For tests, which run every kernel on each."""
+    return sgemm_use_isa(isa)
+
+
+sgemm_use_isa(-1)
+spans_init()

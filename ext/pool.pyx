@@ -19,6 +19,12 @@ from libc.math cimport INFINITY, sqrt
 
 from windows cimport max_row, nan_max, valid_span
 
+cdef extern from "pool2x2.h" nogil:
+    void max2x2_argmax_row_f32(const float *r, Py_ssize_t W, Py_ssize_t base, Py_ssize_t n,
+                               float *out, Py_ssize_t *argmax)
+    void max2x2_argmax_row_f64(const double *r, Py_ssize_t W, Py_ssize_t base, Py_ssize_t n,
+                               double *out, Py_ssize_t *argmax)
+
 ctypedef enum Kind:
     AVG
     L2
@@ -51,6 +57,17 @@ cdef void max_plane(const floating *x, floating *out, Py_ssize_t *argmax,
                     Geometry g) noexcept nogil:
     cdef Py_ssize_t oh, ow, ih, iw, best_i
     cdef floating best, v
+    if g.FH == 2 and g.FW == 2 and g.SW == 2 and g.PH == 0 and g.PW == 0:
+        # the usual 2x2 pool, a row of windows at a time, vectorised (pool2x2.h)
+        for oh in range(g.OH):
+            ih = oh * g.SH
+            if floating is float:
+                max2x2_argmax_row_f32(x + ih * g.W, g.W, ih * g.W, g.OW, out + oh * g.OW,
+                                      argmax + oh * g.OW)
+            else:
+                max2x2_argmax_row_f64(x + ih * g.W, g.W, ih * g.W, g.OW, out + oh * g.OW,
+                                      argmax + oh * g.OW)
+        return
     for oh in range(g.OH):
         for ow in range(g.OW):
             best_i = lo(oh, g.SH, g.PH) * g.W + lo(ow, g.SW, g.PW)

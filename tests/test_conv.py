@@ -222,3 +222,50 @@ def test_inference_matches_torch_conv_relu_pool():
     theirs = F.max_pool2d(F.relu(F.conv2d(tx, tw, tb, stride=(1, 2), padding=1)), 2).numpy()
     ours = L.conv2d_infer(x, w, b, stride=(1, 2), padding=1, relu=True, pool=2)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+# -- training's own float32 GEMM, on each instruction set the CPU has ------------------------
+
+ISA_CASES = conv_configs(60, seed=21, max_extent=20, dtypes=("float32",)) + [
+    # more filters, inputs and columns than one tile or panel holds, and edges in every
+    # direction: 37 filters, 3 x 7 x 7 = 147 inputs (> SGEMM_KC), 51 columns
+    Conv(2, 3, 37, 57, 57, (7, 7), (1, 1), (0, 0), "float32"),
+    Conv(3, 16, 32, 14, 14, (5, 5), (1, 1), (0, 0), "float32"),
+    Conv(2, 1, 16, 32, 32, (5, 5), (1, 1), (0, 0), "float32"),
+]
+
+
+@pytest.fixture(params=[0, 1, 2], ids=["baseline", "avx2", "avx512"])
+def instruction_set(request):
+    """Training's float32 GEMM on one instruction set (skipped when the CPU lacks it)."""
+    if conv_kernels.sgemm_instruction_set(request.param) != request.param:
+        conv_kernels.sgemm_instruction_set(-1)
+        pytest.skip("the CPU lacks this instruction set")
+    yield request.param
+    conv_kernels.sgemm_instruction_set(-1)
+
+
+@pytest.mark.parametrize("i, cfg", list(enumerate(ISA_CASES)), ids=repr)
+def test_every_instruction_set_matches_naive_loops(instruction_set, i, cfg):
+    x, w, b = cfg.arrays(seed=i)
+    out, cache = L.conv2d_forward(x, w, b, stride=cfg.stride, padding=cfg.padding)
+    g = np.random.default_rng(i).standard_normal(out.shape).astype(cfg.dtype)
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+    np.testing.assert_allclose(out, ref.conv2d(x64, w64, b.astype(np.float64), cfg.stride, cfg.padding),
+                               **tolerance(cfg.dtype))
+    for got, want in zip(L.conv2d_backward(g, cache), ref.conv2d_backward(x64, w64, g64, cfg.stride, cfg.padding)):
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got / scale, want / scale, **tolerance(cfg.dtype))
+
+
+@pytest.mark.parametrize("cfg", [*ISA_CASES[-3:], *MULTI_BLOCK, *GRADIENT[:5]], ids=repr)
+def test_backward_without_input_gradient_gives_the_same_weight_gradients(cfg):
+    x, w, b = cfg.arrays()
+    out, cache = L.conv2d_forward(x, w, b, stride=cfg.stride, padding=cfg.padding)
+    g = np.random.default_rng(5).standard_normal(out.shape).astype(cfg.dtype)
+    dx, dw, db = L.conv2d_backward(g, cache)
+    none, dw_only, db_only = L.conv2d_backward(g, cache, input_grad=False)
+    assert none is None and dx is not None
+    # the same products in the same order: the same bits
+    np.testing.assert_array_equal(dw_only, dw)
+    np.testing.assert_array_equal(db_only, db)

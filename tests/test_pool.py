@@ -171,3 +171,40 @@ def test_inference_max_pool_checks_its_arguments_as_training_does(args, error, m
 def test_inference_max_pool_reads_non_contiguous_input():
     x = np.random.default_rng(5).standard_normal((2, 3, 8, 10))[:, ::2, :, ::-1]
     np.testing.assert_array_equal(L.max_pool2d_infer(x, 2), L.max_pool2d_forward(x, 2)[0])
+
+
+def naive_max_argmax(x, size, stride):
+    """The first maximum of each unpadded window in row-major order, or its first NaN."""
+    n, c, h, w = x.shape
+    oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+    out, arg = np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), np.intp)
+    for p in np.ndindex(n, c, oh, ow):
+        best, at = None, None
+        for i in range(size):
+            for j in range(size):
+                ih, iw = p[2] * stride + i, p[3] * stride + j
+                v = x[p[0], p[1], ih, iw]
+                if best is None or v > best or (np.isnan(v) and not np.isnan(best)):
+                    best, at = v, ih * w + iw
+        out[p], arg[p] = best, at
+    return out, arg
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("width", [2, 5, 15, 33, 66])  # whole vectors and the lanes left over
+def test_2x2_max_pool_keeps_the_first_maximum_or_nan(dtype, width):
+    rng = np.random.default_rng(width)
+    # few distinct values: many ties; some NaN, infinities and signed zeros
+    x = rng.integers(-2, 3, (2, 3, 6, width)).astype(dtype)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.05] = np.inf
+    x[rng.random(x.shape) < 0.05] = -0.0
+    out, cache = L.max_pool2d_forward(x, 2)
+    expected, argmax = naive_max_argmax(x, 2, 2)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(cache.argmax, argmax)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    dx = L.max_pool2d_backward(g, cache)
+    want = np.zeros_like(x).reshape(2, 3, -1)
+    np.put_along_axis(want, argmax.reshape(2, 3, -1), g.reshape(2, 3, -1), axis=2)
+    np.testing.assert_array_equal(dx, want.reshape(x.shape))
