@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from . import boxes as box_coding
 from . import checkpoint
+from . import heap
 from . import layers as L
 from .architecture import DEFAULT_SPEC
 from .datasets import DIGITS, WindowSet, box_aspects, open_data
@@ -191,6 +192,7 @@ def train(config, log=print, data=None):
     """Train a net as ``config`` says (on ``data``, a :class:`detector.datasets` source, or
     the one ``config.data`` names); return (best net, summary dict)."""
     config.check()
+    heap.retain()  # each step's arrays are reused from the heap, not faulted in afresh
     started = time.perf_counter()
     if data is None:
         data = open_data(config.data, channels=config.channels, seed=config.seed, images_dir=config.images,

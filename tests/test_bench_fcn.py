@@ -146,3 +146,14 @@ def test_bench_algorithms_times_every_kernel_and_judges_the_choice():
     assert summary["total_fastest_ms"] <= summary["total_chosen_ms"]
     assert summary["total_fastest_ms"] <= summary["total_im2col_ms"]
     assert "the choice is the fastest kernel on" in algorithms.format_table(result)
+
+
+def test_paired_medians_take_turns():
+    from detector.bench.timing import paired_median_seconds
+
+    calls = []
+    medians = paired_median_seconds([lambda: calls.append("a"), lambda: calls.append("b")],
+                                    min_repeats=5, min_seconds=0)
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
+    assert calls[:4] == ["a", "b", "a", "b"] and calls.count("a") == calls.count("b") == 7
+    assert all(x != y for x, y in zip(calls, calls[1:])), "the two alternate, call by call"

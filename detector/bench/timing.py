@@ -1,4 +1,5 @@
-"""Timing helpers: a median over repeated runs, and NumPy's float32 matmul rate."""
+"""Timing helpers: a median over repeated runs (of one function, or of several in turns), and
+NumPy's float32 matmul rate."""
 import statistics
 import time
 
@@ -19,6 +20,26 @@ def median_seconds(fn, min_repeats=7, min_seconds=0.3, max_repeats=200):
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def paired_median_seconds(fns, min_repeats=7, min_seconds=0.6, max_repeats=200):
+    """Median wall time of each of ``fns``, called in turns (one call of each per round, after
+    a warm-up call each), so that a change in the machine's load falls on all of them alike."""
+    for fn in fns:
+        fn()
+    first = []
+    for fn in fns:
+        start = time.perf_counter()
+        fn()
+        first.append(max(time.perf_counter() - start, 1e-9))
+    repeats = int(min(max_repeats, max(min_repeats, min_seconds / sum(first))))
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, times in zip(fns, samples):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in samples]
 
 
 def sgemm_seconds(n=1024, seed=0):

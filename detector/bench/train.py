@@ -21,13 +21,14 @@ import time
 import numpy as np
 
 from .. import layers as L
+from .. import heap
 from ..architecture import DEFAULT_SPEC
 from ..datasets import WindowSet, digits
 from ..model import DEFAULT_CLASSES, DEFAULT_INPUT, Net
 from ..threads import get_num_threads, set_num_threads
 from ..train import BOX_LOSS_WEIGHT, CLIP_NORM, HUBER_BETA, TrainConfig, _Sgd, box_targets, head_spec, smooth_l1
 from . import references
-from .timing import median_seconds
+from .timing import median_seconds, paired_median_seconds
 
 TARGET = 1.2  # at least 1.2x PyTorch's speed...
 TARGET_THREADS = (1, 2)  # ...on each of these thread counts
@@ -133,6 +134,7 @@ def _check_same_step(ours, theirs):
 def run(threads=(1, 2), batch=64, seed=0):
     """Measure a step at each thread count; return a JSON-ready dict."""
     config = TrainConfig(out="", batch_size=batch)
+    heap.retain()  # as the trainer does
     note = references.missing().get("torch")
     torch = None if note else importlib.import_module("torch")
     previous = get_num_threads()
@@ -150,14 +152,15 @@ def run(threads=(1, 2), batch=64, seed=0):
                 torch.set_num_threads(n)
                 theirs = _Torch(net, config, x, labels, targets)  # the same initial weights
                 row["loss_difference"], row["relative_update_difference"] = _check_same_step(ours, theirs)
-            mine = median_seconds(ours.step, min_repeats=10, min_seconds=1.0)
-            row["detector_ms"] = mine * 1e3
-            row["detector_phases_ms"] = {f"{p}_ms": statistics.median(ours.phases[p]) * 1e3 for p in PHASES}
-            if torch:
-                other = median_seconds(theirs.step, min_repeats=10, min_seconds=1.0)
+            ours.phases = {p: [] for p in PHASES}
+            if torch:  # in turns, so that the machine's load falls on both alike
+                mine, other = paired_median_seconds([ours.step, theirs.step], min_repeats=20, min_seconds=2.0)
                 row["torch_ms"], row["speedup_vs_torch"] = other * 1e3, other / mine
             else:
+                mine = median_seconds(ours.step, min_repeats=10, min_seconds=1.0)
                 row["torch_ms"] = row["speedup_vs_torch"] = None
+            row["detector_ms"] = mine * 1e3
+            row["detector_phases_ms"] = {f"{p}_ms": statistics.median(ours.phases[p]) * 1e3 for p in PHASES}
             runs.append(row)
     finally:
         set_num_threads(previous)
