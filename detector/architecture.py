@@ -205,6 +205,19 @@ def _projects(layer):
             and layer.stride in (1, (1, 1)) and not layer.padding)
 
 
+def training_order(layers):
+    """``layers`` in the order training runs them: a ReLU followed by a tiling max-pool runs
+    after it instead. The two commute, values and gradients alike (the max of ReLUs is the
+    ReLU of the max; a window whose max is not positive passes no gradient either way, and
+    otherwise both pick its first largest value), and the ReLU then touches a quarter of the
+    values, forward and backward."""
+    order = list(layers)
+    for i in range(len(order) - 1):
+        if isinstance(order[i], Relu) and isinstance(order[i + 1], Pool) and order[i + 1].tiles:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return order
+
+
 def infer(layers, params, x, winograd_filters=None):
     """The output of ``layers`` (parameters named "<layer>.<key>") on x, by the inference
     kernels: no caches, and fused as :func:`inference_steps` says. ``winograd_filters``:

@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from . import boxes as box_coding
-from .architecture import DEFAULT_SPEC, Conv, Linear, Pool, Relu, infer, layer_params, parse_spec
+from .architecture import DEFAULT_SPEC, Conv, Linear, Pool, Relu, infer, layer_params, parse_spec, training_order
 
 DEFAULT_CLASSES = ("background",) + tuple(str(d) for d in range(10))
 DEFAULT_INPUT = (1, 32, 32)
@@ -203,7 +203,7 @@ class Net:
             self._caches = None
             return infer(self.layers, self.params, x)
         caches = []
-        for layer in self.layers:
+        for layer in training_order(self.layers):
             x, cache = layer.forward(x, self.params_of(layer))
             caches.append(cache)
         self._caches = caches
@@ -214,8 +214,9 @@ class Net:
         if self._caches is None:
             raise RuntimeError("backward needs a forward(x, train=True) first")
         grads = {}
-        for i in reversed(range(len(self.layers))):
-            layer = self.layers[i]
+        order = training_order(self.layers)
+        for i in reversed(range(len(order))):
+            layer = order[i]
             # the first layer's input is the data: it needs no gradient
             dscores, layer_grads = layer.backward(dscores, self._caches[i], input_grad=i > 0)
             for key, value in layer_grads.items():

@@ -133,3 +133,34 @@ def test_bad_priors_are_explained(kwargs, message):
     kwargs.setdefault("input_shape", (1, 8, 8))
     with pytest.raises(ValueError, match=message):
         Net(**kwargs)
+
+
+def test_training_runs_a_relu_after_the_tiling_max_pool_it_commutes_with():
+    from detector.architecture import parse_spec, training_order
+
+    names = [layer.name for layer in training_order(parse_spec("conv4@3x3 relu maxpool2 conv4@3x3 relu maxpool3/2 fc3"))]
+    # the overlapping pool (3/2) keeps its place: only tiling max-pools are moved
+    assert names == ["conv1", "pool1", "relu1", "conv2", "relu2", "pool2", "fc1"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_training_order_gives_the_gradients_of_the_spec_order(dtype):
+    net = Net("conv4@3x3 relu maxpool2 fc5 relu fc3", (1, 10, 10), CLASSES, seed=3, dtype=dtype)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 1, 10, 10)).astype(dtype)
+    x[0, 0, :4, :4] = -5  # windows whose max is negative: no gradient either way
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    _, dscores = L.softmax_cross_entropy(net.forward(x, train=True), labels)
+    grads = net.backward(dscores)
+    # the same net run layer by layer in the spec's order
+    caches, h = [], x
+    for layer in net.layers:
+        h, cache = layer.forward(h, net.params_of(layer))
+        caches.append(cache)
+    _, d = L.softmax_cross_entropy(h, labels)
+    expected = {}
+    for layer, cache in zip(reversed(net.layers), reversed(caches)):
+        d, own = layer.backward(d, cache)
+        expected.update({f"{layer.name}.{k}": v for k, v in own.items()})
+    for name in net.params:
+        np.testing.assert_array_equal(grads[name], expected[name], err_msg=name)
