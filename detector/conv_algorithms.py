@@ -58,10 +58,11 @@ def unfit(algorithm, dtype, w_shape, stride, pool):
     return ""
 
 
-def cost(x_shape, w_shape, out_size, pool=1, prepared=False):
+def cost(x_shape, w_shape, out_size, pool=1, prepared=False, pad=0):
     """{algorithm: seconds} the model expects for each kernel that can run a float32
     stride-1 convolution of x (N, C, H, W) by w (K, C, FH, FW) with outputs (OH, OW) and a
-    pool x pool max-pool; ``prepared``: the Winograd filters are made already."""
+    pool x pool max-pool; ``prepared``: the Winograd filters are made already; ``pad``: the
+    columns of padding on each side."""
     n, c, _, width = x_shape
     k, _, fh, fw = w_shape
     oh, ow = out_size
@@ -76,13 +77,13 @@ def cost(x_shape, w_shape, out_size, pool=1, prepared=False):
     if not unfit("winograd", np.float32, w_shape, (1, 1), (pool, pool)):
         m = winograd.TILES[fh]
         kp = -(-k // _wg.FILTER_BLOCK) * _wg.FILTER_BLOCK
-        t = winograd.tiles(oh, ow, pool)[m]
-        seconds = n * np.dot(WINOGRAD_COST[fh], (t * 36 * kp * c, t * 36 * c, t * kp * m * m, 1 / n))
+        t, _ = winograd.layout(n, width, pad, fh, oh, ow, pool)
+        seconds = np.dot(WINOGRAD_COST[fh], (t * 36 * kp * c, t * 36 * c, t * kp * m * m, 1))
         costs["winograd"] = seconds + (0 if prepared else PREPARE_COST * k * c)
     return {name: float(v) for name, v in costs.items()}
 
 
-def choose(x_shape, w_shape, out_size, pool=1, prepared=False):
+def choose(x_shape, w_shape, out_size, pool=1, prepared=False, pad=0):
     """The kernel the cost model expects fastest for a float32 stride-1 convolution."""
-    costs = cost(x_shape, w_shape, out_size, pool, prepared)
+    costs = cost(x_shape, w_shape, out_size, pool, prepared, pad)
     return min(costs, key=costs.get)

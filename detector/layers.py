@@ -130,12 +130,26 @@ def _conv_args(x, w, b, stride, padding):
 def conv2d_forward(x, w, b, stride=1, padding=0):
     """2-D cross-correlation with zero padding, as ``torch.nn.functional.conv2d``.
 
-    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache.
+    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache. A float32
+    stride-1 layer with 3x3 or 5x5 filters runs by Winograd's algorithm where the cost model
+    of :mod:`detector.conv_algorithms` expects it faster (its error: tests/test_winograd.py).
     """
     x, w, b, (sh, sw), (ph, pw), (oh, ow) = _conv_args(x, w, b, stride, padding)
+    cache = ConvCache(x, w, (sh, sw), (ph, pw))
+    if _winograd_pays(x, w, (sh, sw), pw, (oh, ow)):
+        return _winograd_conv(x, w, b, (ph, pw), (oh, ow), False, 1, None, None, None), cache
     out = np.empty((x.shape[0], w.shape[0], oh, ow), x.dtype)
     _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
-    return out, ConvCache(x, w, (sh, sw), (ph, pw))
+    return out, cache
+
+
+def _winograd_pays(x, w, stride, pad, out_size):
+    """Whether a training convolution (float32; its filters change every step, so they are
+    transformed on each call) runs faster by Winograd than by im2col, by the cost model."""
+    if _algorithms.unfit("winograd", x.dtype, w.shape, stride, (1, 1)):
+        return False
+    costs = _algorithms.cost(x.shape, w.shape, out_size, 1, False, pad)
+    return costs["winograd"] < costs["im2col"]
 
 
 def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm="auto",
@@ -175,24 +189,41 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
     if algorithm == "auto":
         algorithm = "im2col"
         if x.dtype == np.float32 and (sh, sw) == (1, 1) and qh == qw:
-            algorithm = _algorithms.choose(x.shape, w.shape, (oh, ow), qh, winograd_filters is not None)
+            algorithm = _algorithms.choose(x.shape, w.shape, (oh, ow), qh, winograd_filters is not None, pw)
     else:
         why_not = _algorithms.unfit(algorithm, x.dtype, w.shape, (sh, sw), (qh, qw))
         if why_not:
             raise ValueError(f"the {algorithm} convolution cannot run this layer: {why_not}")
     if algorithm == "winograd":
-        filters = winograd_filters or _winograd.prepare(w)
-        at = _winograd.transforms(filters.m, w.shape[2])[0].astype(np.float32)
-        out = np.empty((x.shape[0], w.shape[0] if w2 is None else w2.shape[0], out_h, out_w), x.dtype)
-        extra = {} if w2 is None else dict(p=_winograd.pad_rows(w2.reshape(w2.shape[:2]), _wg.FILTER_BLOCK), p_bias=b2)
-        _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), qh, get_num_threads(), **extra)
-        return out
+        return _winograd_conv(x, w, b, (ph, pw), (oh, ow), relu, qh, winograd_filters, w2, b2)
     out = np.empty((x.shape[0], w.shape[0], out_h, out_w), x.dtype)
     if algorithm == "direct":
         _direct.direct_infer(x, w, b, out, ph, pw, bool(relu), qh, get_num_threads())
     else:
         _conv.conv2d_infer(x, w, b, out, sh, sw, ph, pw, oh, ow, bool(relu), qh, qw, get_num_threads())
     return out if w2 is None else conv2d_infer(out, w2, b2, algorithm="im2col")
+
+
+def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
+    """conv2d_infer's Winograd path: image by image, or the images side by side as one wide
+    image when that leaves fewer tiles of padding (see detector.winograd.layout)."""
+    (n, c, h, width), r = x.shape, w.shape[2]
+    (ph, pw), (oh, ow), threads = padding, out_size, get_num_threads()
+    filters = filters or _winograd.prepare(w)
+    at = _winograd.transforms(filters.m, r)[0].astype(np.float32)
+    extra = {} if w2 is None else dict(p=_winograd.pad_rows(w2.reshape(w2.shape[:2]), _wg.FILTER_BLOCK), p_bias=b2)
+    out = np.empty((n, w.shape[0] if w2 is None else w2.shape[0], oh // q, ow // q), np.float32)
+    _, slot = _winograd.layout(n, width, pw, r, oh, ow, q)
+    if slot is None:
+        _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra)
+        return out
+    wide = np.empty((1, c, h, n * slot), np.float32)
+    _wg.to_wide(x, pw, wide, threads)
+    wide_ow = n * slot - r + 1
+    y = np.empty((1, out.shape[1], oh // q, wide_ow // q), np.float32)
+    _wg.winograd_infer(wide, filters.u, b, at, y, ph, 0, oh, wide_ow, bool(relu), q, threads, **extra)
+    _wg.from_wide(y, slot // q, out, threads)
+    return out
 
 
 def _projection(project, w, dtype):

@@ -100,12 +100,23 @@ def prepare(w):
     return Filters(u, m, tuple(w.shape))
 
 
-def tiles(out_h, out_w, pool=1):
-    """Tiles the kernel computes for outputs (OH, OW) and a fused pool: the kept outputs in
-    m x m tiles, rows of them padded to whole chunks (as ext/winograd.pyx cuts them); m is
-    given by the filter size, so this takes it: tiles(...)[m]."""
-    def count(m):
-        rows, cols = -(-(out_h // pool * pool) // m), -(-(out_w // pool * pool) // m)
-        per_chunk = min(_kernel.MAX_TILES_PER_CHUNK, -(-cols // 32) * 32)
-        return rows * -(-cols // per_chunk) * per_chunk
-    return {m: count(m) for m in set(TILES.values())}
+def _chunked_tiles(out_h, out_w, pool, m):
+    """Tiles the kernel computes for one image's outputs (OH, OW) and a fused pool: the kept
+    outputs in m x m tiles, rows of them padded to whole chunks (as ext/winograd.pyx cuts
+    them)."""
+    rows, cols = -(-(out_h // pool * pool) // m), -(-(out_w // pool * pool) // m)
+    per_chunk = min(_kernel.MAX_TILES_PER_CHUNK, -(-cols // 32) * 32)
+    return rows * -(-cols // per_chunk) * per_chunk
+
+
+def layout(n, width, pad, r, out_h, out_w, pool=1):
+    """How the kernel takes a batch of n images ``width`` wide (padded by ``pad`` columns) with
+    outputs (OH, OW): (tiles, side) with side None for image by image, or the width of each
+    image's slot when they run side by side as one wide image (each slot padded to a multiple
+    of the pool; the outputs of windows across two slots are dropped). Side by side pays when
+    an image's row holds fewer tiles than a chunk, whose rest would be padding."""
+    m = TILES[r]
+    alone = n * _chunked_tiles(out_h, out_w, pool, m)
+    slot = -(-(width + 2 * pad) // pool) * pool
+    wide = _chunked_tiles(out_h, n * slot - r + 1, pool, m)
+    return (wide, slot) if n > 1 and wide < alone else (alone, None)

@@ -95,6 +95,40 @@ def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
                         dst[((i * n + j) * Kp + k) * C + c] = <float>acc
 
 
+def to_wide(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
+            Py_ssize_t PW, float[:, :, :, ::1] wide,  # OUT (1, C, H, N * Wp), Wp >= W + 2 PW
+            int num_threads):
+    """Images side by side: wide[0, c, h, n * Wp + PW + w] = x[n, c, h, w], zeros between."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Wp = wide.shape[3] // max(N, 1), c, h, n, j
+    cdef float *row
+    with nogil:
+        for c in prange(C, num_threads=num_threads, schedule='static'):
+            for h in range(H):
+                row = &wide[0, c, h, 0]
+                for n in range(N):
+                    for j in range(PW):
+                        row[n * Wp + j] = 0
+                    for j in range(W):
+                        row[n * Wp + PW + j] = x[n, c, h, j]
+                    for j in range(PW + W, Wp):
+                        row[n * Wp + j] = 0
+
+
+def from_wide(const float[:, :, :, ::1] wide,  # IN (1, K, OH, >= (N - 1) * per + OW)
+              Py_ssize_t per, float[:, :, :, ::1] out,  # OUT (N, K, OH, OW)
+              int num_threads):
+    """out[n, k, h, j] = wide[0, k, h, n * per + j]: each image's outputs from the row."""
+    cdef Py_ssize_t N = out.shape[0], K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t k, h, n, j
+    with nogil:
+        for k in prange(K, num_threads=num_threads, schedule='static'):
+            for n in range(N):
+                for h in range(OH):
+                    for j in range(OW):
+                        out[n, k, h, j] = wide[0, k, h, n * per + j]
+
+
 def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    const float[:, :, ::1] u,  # IN (n*n, Kp, C), Kp a multiple of FILTER_BLOCK
                    const float[::1] b,  # IN (K,)

@@ -214,3 +214,33 @@ def test_bad_projections_are_refused_by_name(project, error, message):
     x, w, b = np.zeros((1, 2, 9, 9), np.float32), np.zeros((3, 2, 5, 5), np.float32), np.zeros(3, np.float32)
     with pytest.raises(error, match=message):
         L.conv2d_infer(x, w, b, project=project)
+
+
+def test_narrow_images_run_side_by_side_and_match_the_naive_loop():
+    # 14-pixel rows hold 5 tiles of a 32-tile chunk; side by side, 9 images fill 63
+    tiles, slot = winograd.layout(9, 14, 1, 5, 12, 12, pool=2)
+    assert slot == 16 and tiles < 9 * winograd.layout(1, 14, 1, 5, 12, 12, pool=2)[0]
+    assert winograd.layout(1, 14, 1, 5, 12, 12)[1] is None  # one image: nothing to gain
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((9, 3, 13, 14)).astype(np.float32)
+    w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    for pool in (None, 2):
+        out = L.conv2d_infer(x, w, b, padding=1, relu=True, pool=pool, algorithm="winograd")
+        expected, scale = naive(x, w, b, (1, 1), True, pool)
+        assert out.shape == expected.shape
+        assert np.all(np.abs(out - expected) <= ERROR * scale + 1e-30)
+
+
+def test_training_forward_takes_winograd_where_it_pays_and_matches_the_naive_loop():
+    from detector.layers import _winograd_pays
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((16, 16, 14, 14)).astype(np.float32)  # the default net's conv2
+    w = rng.standard_normal((32, 16, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    assert _winograd_pays(x, w, (1, 1), 0, (10, 10))
+    assert not _winograd_pays(x[:, :1], w[:, :1], (1, 1), 0, (10, 10))  # one channel: im2col
+    out, _ = L.conv2d_forward(x, w, b)
+    expected, scale = naive(x, w, b, (0, 0), False, None)
+    assert np.all(np.abs(out - expected) <= ERROR * scale + 1e-30)
