@@ -127,16 +127,22 @@ def _conv_args(x, w, b, stride, padding):
     return x, w, b, (sh, sw), (ph, pw), (oh, ow)
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0):
+def conv2d_forward(x, w, b, stride=1, padding=0, algorithm="auto"):
     """2-D cross-correlation with zero padding, as ``torch.nn.functional.conv2d``.
 
-    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache. A float32
-    stride-1 layer with 3x3 or 5x5 filters runs by Winograd's algorithm where the cost model
-    of :mod:`detector.conv_algorithms` expects it faster (its error: tests/test_winograd.py).
+    x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache. ``algorithm``:
+    "im2col" (im2col + GEMM), "winograd" (float32, stride 1, 3x3 or 5x5 filters; see
+    :mod:`detector.conv_algorithms`) or "auto": Winograd where its cost model expects it
+    faster (its error: tests/test_winograd.py).
     """
     x, w, b, (sh, sw), (ph, pw), (oh, ow) = _conv_args(x, w, b, stride, padding)
     cache = ConvCache(x, w, (sh, sw), (ph, pw))
-    if _winograd_pays(x, w, (sh, sw), pw, (oh, ow)):
+    if algorithm not in ("auto", "im2col", "winograd"):
+        raise ValueError(f"algorithm must be one of 'auto', 'im2col', 'winograd', not {algorithm!r}")
+    why_not = _algorithms.unfit("winograd", x.dtype, w.shape, (sh, sw), (1, 1))
+    if algorithm == "winograd" and why_not:
+        raise ValueError(f"the winograd convolution cannot run this layer: {why_not}")
+    if algorithm == "winograd" or algorithm == "auto" and _winograd_pays(x, w, (sh, sw), pw, (oh, ow)):
         return _winograd_conv(x, w, b, (ph, pw), (oh, ow), False, 1, None, None, None), cache
     out = np.empty((x.shape[0], w.shape[0], oh, ow), x.dtype)
     _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
