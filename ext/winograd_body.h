@@ -185,6 +185,15 @@ static void V(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize
                 V(vf) lo = best[a2][0], hi = best[a2][1];
                 *(V(vf) *)orow = __builtin_shuffle(lo, hi, V(interleave_lo));
                 *(V(vf) *)(orow + V_VW) = __builtin_shuffle(lo, hi, V(interleave_hi));
+            } else if (whole && per == 4) {  /* four columns: columns 0, 2 and 1, 3, then both */
+                V(vf) a_lo = __builtin_shuffle(best[a2][0], best[a2][2], V(interleave_lo));
+                V(vf) a_hi = __builtin_shuffle(best[a2][0], best[a2][2], V(interleave_hi));
+                V(vf) b_lo = __builtin_shuffle(best[a2][1], best[a2][3], V(interleave_lo));
+                V(vf) b_hi = __builtin_shuffle(best[a2][1], best[a2][3], V(interleave_hi));
+                *(V(vf) *)orow = __builtin_shuffle(a_lo, b_lo, V(interleave_lo));
+                *(V(vf) *)(orow + V_VW) = __builtin_shuffle(a_lo, b_lo, V(interleave_hi));
+                *(V(vf) *)(orow + 2 * V_VW) = __builtin_shuffle(a_hi, b_hi, V(interleave_lo));
+                *(V(vf) *)(orow + 3 * V_VW) = __builtin_shuffle(a_hi, b_hi, V(interleave_hi));
             } else {
                 for (Py_ssize_t i = 0; i < n_t; i++)
                     for (int b2 = 0; b2 < per && (t0 + t + i) * per + b2 < OWo; b2++)

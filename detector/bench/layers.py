@@ -20,6 +20,7 @@ import statistics
 import numpy as np
 
 from .. import layers as L
+from .. import heap
 from ..threads import get_num_threads
 from .timing import median_seconds, sgemm_seconds
 
@@ -168,6 +169,7 @@ def _targets(cases, sgemm):
 
 def run(seed=0):
     """Measure every case; return a JSON-ready dict."""
+    heap.retain()  # the layers as the trainer runs them
     rng = np.random.default_rng(seed)
     reference = _Reference()
     torch = _torch()
