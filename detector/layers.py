@@ -304,11 +304,12 @@ def _pool_backward(kind, dout, cache):
     if cache.kind != kind:
         raise TypeError(f"cache comes from {cache.kind}_pool2d_forward, not {kind}_pool2d_forward")
     dout = _gradient(dout, cache.x, cache.out.shape)
-    dx = np.zeros_like(cache.x)
     geometry = (*cache.size, *cache.stride, *cache.padding, get_num_threads())
     if kind == "max":
+        dx = np.empty_like(cache.x)  # the kernel zeroes it, plane by plane
         _pool.max_pool2d_backward(dout, cache.argmax, dx, get_num_threads())
     else:
+        dx = np.zeros_like(cache.x)
         _pool.sum_pool2d_backward(dout, cache.x, cache.out, dx, kind == "l2", *geometry)
     return dx
 

@@ -167,9 +167,11 @@ def max_pool2d_infer(const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
                         const Py_ssize_t[:, :, :, ::1] argmax,  # IN (N, C, OH, OW)
-                        floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller
+                        floating[:, :, :, ::1] dx,  # OUT (N, C, H, W)
                         int num_threads):
+    # each plane is zeroed, then takes its gradients, while it is in the core's cache
     cdef Py_ssize_t C = dx.shape[1], P = dout.shape[2] * dout.shape[3], p, i
+    cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3]
     cdef floating *d
     cdef const floating *g
     cdef const Py_ssize_t *a
@@ -178,6 +180,8 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, C, OH, OW)
             d = &dx[p // C, p % C, 0, 0]
             g = &dout[p // C, p % C, 0, 0]
             a = &argmax[p // C, p % C, 0, 0]
+            for i in range(HW):
+                d[i] = 0
             for i in range(P):
                 d[a[i]] += g[i]
 
