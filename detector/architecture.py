@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import layers as L
+from . import winograd
 from .shapes import output_size
 
 # the shipped digit model's architecture: 11 outputs for "background" and the digits 0-9
@@ -175,9 +176,10 @@ def parse_spec(spec):
 def inference_steps(layers):
     """``layers`` grouped for inference: a list of (layer, options for its ``infer``). A
     convolution takes in the ReLU and the tiling max-pool (:attr:`Pool.tiles`) that follow
-    it, in either order (they commute), and computes them in its output stage; then a 1x1
-    convolution after them, unless a ReLU or a pool follows that one (option "project": the
-    1x1 layer, whose parameters :func:`infer` passes)."""
+    it, in either order (they commute), and computes them in its output stage; a convolution
+    the Winograd kernel can run also takes the 1x1 convolution after them, unless a ReLU or a
+    pool follows that one (option "project": the 1x1 layer, whose parameters :func:`infer`
+    passes)."""
     steps, i = [], 0
     while i < len(layers):
         layer, options = layers[i], {}
@@ -191,12 +193,19 @@ def inference_steps(layers):
             else:
                 break
             i += 1
-        if isinstance(layer, Conv) and i < len(layers) and _projects(layers[i]) and (
+        if _winograd_shaped(layer) and i < len(layers) and _projects(layers[i]) and (
                 i + 1 == len(layers) or not isinstance(layers[i + 1], (Relu, Pool))):
             options["project"] = layers[i]
             i += 1
         steps.append((layer, options))
     return steps
+
+
+def _winograd_shaped(layer):
+    """A convolution the Winograd kernel can run (float32 aside), which alone computes a
+    projection in its output stage without storing its own channels."""
+    return (isinstance(layer, Conv) and layer.stride in (1, (1, 1))
+            and tuple(layer.size) in {(r, r) for r in winograd.TILES})
 
 
 def _projects(layer):

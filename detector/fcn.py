@@ -14,9 +14,10 @@ warning that names the layers.
 
 The pass runs on the inference kernels (:func:`detector.architecture.infer`): no caches, and
 each convolution applies the ReLU and the tiling max-pool after it in its own output stage.
-Each convolution runs by im2col + GEMM or by Winograd's algorithm, as the cost model of
-:mod:`detector.winograd` expects faster for the image at hand; the FCN transforms its filters
-for the Winograd kernel once, when it is made from the net (its parameters are a copy).
+Each convolution runs on the kernel (im2col + GEMM, Winograd or direct) the cost model of
+:mod:`detector.conv_algorithms` expects fastest for the image at hand; the FCN transforms
+its filters for the Winograd kernel on first use and keeps them (its parameters are a
+copy), and fc1's projection onto the scores runs in the Winograd kernel's output stage.
 """
 import warnings
 
@@ -70,8 +71,12 @@ class FullyConvNet:
         pool or 1x1 projection never stores the convolution's own output)."""
         per_row, jump = 0, 1  # bytes of activations per input row, summed over the steps
         channels = None
+        # the Winograd kernel projects without storing the K channels (float32 only)
+        fused = next(iter(self.params.values())).dtype == np.float32
         for layer, options in inference_steps(self.layers):
             jump *= getattr(layer, "stride", 1) * options.get("pool", 1)
+            if "project" in options and not fused:
+                per_row += 4 * layer.filters * (width / jump) / jump
             channels = getattr(options.get("project", layer), "filters", channels)
             per_row += 4 * (channels or 1) * (width / jump) / jump
         input_rows = budget / max(per_row, 1)

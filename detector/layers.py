@@ -194,7 +194,9 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
                          f"not {w.shape}")
     if algorithm == "auto":
         algorithm = "im2col"
-        if x.dtype == np.float32 and (sh, sw) == (1, 1) and qh == qw:
+        if w2 is not None and not _algorithms.unfit("winograd", x.dtype, w.shape, (sh, sw), (qh, qw)):
+            algorithm = "winograd"  # the projection in its output stage: the K channels are never stored
+        elif x.dtype == np.float32 and (sh, sw) == (1, 1) and qh == qw:
             algorithm = _algorithms.choose(x.shape, w.shape, (oh, ow), qh, winograd_filters is not None, pw)
     else:
         why_not = _algorithms.unfit(algorithm, x.dtype, w.shape, (sh, sw), (qh, qw))
@@ -223,13 +225,23 @@ def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     if slot is None:
         _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra)
         return out
-    wide = np.empty((1, c, h, n * slot), np.float32)
-    _wg.to_wide(x, pw, wide, threads)
-    wide_ow = n * slot - r + 1
-    y = np.empty((1, out.shape[1], oh // q, wide_ow // q), np.float32)
-    _wg.winograd_infer(wide, filters.u, b, at, y, ph, 0, oh, wide_ow, bool(relu), q, threads, **extra)
-    _wg.from_wide(y, slot // q, out, threads)
+    # in groups whose wide copies (input and output) take at most SIDE_BY_SIDE_BYTES
+    per_image = 4 * slot * (c * h + out.shape[1] * (oh // q) // q)
+    group = max(1, min(n, SIDE_BY_SIDE_BYTES // per_image))
+    for g0 in range(0, n, group):
+        g = min(group, n - g0)
+        wide = np.empty((1, c, h, g * slot), np.float32)
+        _wg.to_wide(x[g0:g0 + g], pw, wide, threads)
+        wide_ow = g * slot - r + 1
+        y = np.empty((1, out.shape[1], oh // q, wide_ow // q), np.float32)
+        _wg.winograd_infer(wide, filters.u, b, at, y, ph, 0, oh, wide_ow, bool(relu), q, threads, **extra)
+        _wg.from_wide(y, slot // q, out[g0:g0 + g], threads)
     return out
+
+
+# The most memory the Winograd path's side-by-side copies take at once, beyond its output
+# (detector.budget counts it for a sliding-window batch).
+SIDE_BY_SIDE_BYTES = 4 << 20
 
 
 def _projection(project, w, dtype):

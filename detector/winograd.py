@@ -9,8 +9,11 @@ with V the Vandermonde matrix of the points, ``A^T = V[:, :m]^T``, ``G = V[:, :r
 to integers and G's row divided by the same factor.
 
 float32 error grows with the tile: the points' powers reach 2^(n-2). F(2x2, 5x5) and
-F(4x4, 3x3) (n = 6) stay within a few float32 ulps of the layer's largest partial sums
-(measured in tests/test_winograd.py); larger tiles are not offered.
+F(4x4, 3x3) (n = 6) stay within 1e-5 of the sum of |w||x| over each window (measured up to
+3e-6, 52 float32 ulps of that sum, with one input channel; tests/test_winograd.py); larger
+tiles are not offered. A NaN or an infinity in a tile's input makes all its outputs NaN
+(an infinity times a zero of the transforms), where im2col keeps it to the windows that hold
+it.
 """
 from fractions import Fraction
 from functools import lru_cache
@@ -112,11 +115,15 @@ def _chunked_tiles(out_h, out_w, pool, m):
 def layout(n, width, pad, r, out_h, out_w, pool=1):
     """How the kernel takes a batch of n images ``width`` wide (padded by ``pad`` columns) with
     outputs (OH, OW): (tiles, side) with side None for image by image, or the width of each
-    image's slot when they run side by side as one wide image (each slot padded to a multiple
-    of the pool; the outputs of windows across two slots are dropped). Side by side pays when
-    an image's row holds fewer tiles than a chunk, whose rest would be padding."""
+    image's slot when they run side by side as one wide image. Side by side pays when an
+    image's row holds fewer tiles than a chunk, whose rest would be padding.
+
+    A slot is a whole number of tiles (and so of pool windows), wide enough that every tile
+    holding one of its image's outputs reads inside it: a tile mixes all its inputs (a NaN
+    in one makes all its outputs NaN), and no image may reach another's. Tiles across two
+    slots hold only outputs that are dropped."""
     m = TILES[r]
     alone = n * _chunked_tiles(out_h, out_w, pool, m)
-    slot = -(-(width + 2 * pad) // pool) * pool
+    slot = -(-(-(-out_w // m) * m + r - 1) // m) * m
     wide = _chunked_tiles(out_h, n * slot - r + 1, pool, m)
     return (wide, slot) if n > 1 and wide < alone else (alone, None)

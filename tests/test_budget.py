@@ -27,7 +27,8 @@ from detector.detect import DetectOptions, cost, detect
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
 shape, options = json.loads(sys.argv[1]), DetectOptions(**json.loads(sys.argv[2]))
-net = detector.load_model()
+spec = json.loads(sys.argv[3])
+net = detector.load_model() if spec is None else detector.Net(spec, (1, 32, 32), [str(i) for i in range(11)], seed=0)
 image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
 detect(np.zeros((40, 40), np.uint8), net, options.replace(scales=None, stride=None))
 with open("/proc/self/clear_refs", "w") as f:
@@ -38,15 +39,17 @@ print(json.dumps({"measured": status("VmHWM:") - resident, "estimate": cost(shap
 """
 
 
-@pytest.mark.parametrize("shape, options", [
-    ((1500, 1500), {"scales": [1.5]}),  # one large gray level
-    ((900, 1200, 3), {"return_maps": True}),  # colour in, the whole pyramid, maps kept
-    ((1600, 1600, 4), {"scales": [0.6, 0.4]}),  # BGRA in: the input's copies dominate
-    ((300, 400), {"mode": "sliding", "scales": [1.0]}),  # sliding batches
-    ((700, 700), {"scales": [1.0], "stride": 2}),  # shift-and-stitch: four passes, a 4x map
+@pytest.mark.parametrize("shape, options, spec", [
+    ((1500, 1500), {"scales": [1.5]}, None),  # one large gray level
+    ((900, 1200, 3), {"return_maps": True}, None),  # colour in, the whole pyramid, maps kept
+    ((1600, 1600, 4), {"scales": [0.6, 0.4]}, None),  # BGRA in: the input's copies dominate
+    ((300, 400), {"mode": "sliding", "scales": [1.0]}, None),  # sliding batches
+    ((700, 700), {"scales": [1.0], "stride": 2}, None),  # shift-and-stitch: four passes, a 4x map
+    # no pool: full-size maps through the Winograd kernel's side-by-side copies
+    ((200, 260), {"mode": "sliding", "scales": [1.0]}, "conv16@3x3 relu conv16@3x3 relu fc32 relu fc11"),
 ])
-def test_the_memory_estimate_bounds_a_real_run(shape, options):
-    run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(shape), json.dumps(options)],
+def test_the_memory_estimate_bounds_a_real_run(shape, options, spec):
+    run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(shape), json.dumps(options), json.dumps(spec)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     figures = json.loads(run.stdout)

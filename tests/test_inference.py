@@ -84,6 +84,13 @@ def test_a_convolution_takes_in_the_1x1_convolution_after_it(tail, fused):
     assert [(layer.name, {k: getattr(v, "name", v) for k, v in options.items()}) for layer, options in steps] == fused
 
 
+def test_only_a_convolution_the_winograd_kernel_runs_takes_in_a_projection():
+    # the other kernels would store its channels anyway, which the FCN's tiles do not count
+    for first in (Conv(8, (7, 7), name="fc1"), Conv(8, (5, 5), stride=2, name="fc1")):
+        steps = inference_steps([first, Conv(15, (1, 1), name="fc2")])
+        assert [(layer.name, options) for layer, options in steps] == [("fc1", {}), ("fc2", {})]
+
+
 def test_a_pool_tiles_its_input_only_as_an_unpadded_max_of_stride_size():
     assert Pool("max", 2, 2).tiles and Pool("max", 3, 3).tiles
     assert not Pool("max", 3, 2).tiles and not Pool("max", 2, 2, padding=1).tiles

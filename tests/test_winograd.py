@@ -97,7 +97,7 @@ def test_kernel_matches_the_naive_loop_within_its_error(case):
     np.testing.assert_array_equal(prepared, out)
 
 
-def test_relu_and_pool_pass_nan_as_the_im2col_path_does():
+def test_a_nan_stays_in_its_tile_and_passes_relu_and_pool():
     x = np.ones((1, 1, 10, 10), np.float32)
     x[0, 0, 7, 7] = np.nan
     w = np.ones((2, 1, 5, 5), np.float32)
@@ -239,3 +239,15 @@ def test_training_forward_refuses_what_winograd_cannot_run():
         L.conv2d_forward(x, w, b, algorithm="winograd")
     with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', not 'direct'"):
         L.conv2d_forward(x, w, b, algorithm="direct")
+
+
+@pytest.mark.parametrize("r, width", [(3, 13), (3, 14), (5, 14), (5, 9)])
+def test_a_nan_in_one_image_of_a_side_by_side_batch_stays_in_it(r, width):
+    x = np.random.default_rng(10).standard_normal((6, 2, 12, width)).astype(np.float32)
+    x[0, 0, :, -1] = np.nan  # the last column of the first image
+    x[3, 1, 5, 0] = np.inf  # the first column of the fourth
+    w = np.ones((3, 2, r, r), np.float32)
+    assert winograd.layout(6, width, 0, r, 12 - r + 1, width - r + 1)[1] is not None
+    out = L.conv2d_infer(x, w, np.zeros(3, np.float32), algorithm="winograd")
+    bad = ~np.isfinite(out).reshape(6, -1).all(axis=1)
+    assert bad.tolist() == [True, False, False, True, False, False]
