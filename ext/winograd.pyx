@@ -102,17 +102,21 @@ def to_wide(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Wp = wide.shape[3] // max(N, 1), c, h, n, j
     cdef float *row
+    cdef const float *src
+    if N == 0:
+        return
     with nogil:
         for c in prange(C, num_threads=num_threads, schedule='static'):
             for h in range(H):
-                row = &wide[0, c, h, 0]
                 for n in range(N):
+                    row = &wide[0, c, h, n * Wp]
+                    src = &x[n, c, h, 0]
                     for j in range(PW):
-                        row[n * Wp + j] = 0
+                        row[j] = 0
                     for j in range(W):
-                        row[n * Wp + PW + j] = x[n, c, h, j]
+                        row[PW + j] = src[j]
                     for j in range(PW + W, Wp):
-                        row[n * Wp + j] = 0
+                        row[j] = 0
 
 
 def from_wide(const float[:, :, :, ::1] wide,  # IN (1, K, OH, >= (N - 1) * per + OW)
@@ -121,12 +125,18 @@ def from_wide(const float[:, :, :, ::1] wide,  # IN (1, K, OH, >= (N - 1) * per 
     """out[n, k, h, j] = wide[0, k, h, n * per + j]: each image's outputs from the row."""
     cdef Py_ssize_t N = out.shape[0], K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t k, h, n, j
+    cdef float *dst
+    cdef const float *src
+    if N == 0 or OH == 0:
+        return
     with nogil:
         for k in prange(K, num_threads=num_threads, schedule='static'):
             for n in range(N):
                 for h in range(OH):
+                    dst = &out[n, k, h, 0]
+                    src = &wide[0, k, h, n * per]
                     for j in range(OW):
-                        out[n, k, h, j] = wide[0, k, h, n * per + j]
+                        dst[j] = src[j]
 
 
 def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)

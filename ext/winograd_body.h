@@ -41,6 +41,17 @@ static inline void V(at2)(V(vf) d0, V(vf) d1, V(vf) d2, V(vf) d3, V(vf) d4, V(vf
     *o1 = (d1 - d2) + 2 * (d3 - d4) + d5;
 }
 
+/* o0..o3 = A^T d of F(4, r) over the six points: rows [1 1 1 1 1 0], [0 1 -1 2 -2 0],
+ * [0 1 1 4 4 0] and [0 1 -1 8 -8 1] */
+static inline void V(at4)(V(vf) d0, V(vf) d1, V(vf) d2, V(vf) d3, V(vf) d4, V(vf) d5, V(vf) *o)
+{
+    V(vf) s12 = d1 + d2, d12 = d1 - d2, s34 = d3 + d4, d34 = d3 - d4;
+    o[0] = d0 + s12 + s34;
+    o[1] = d12 + 2 * d34;
+    o[2] = s12 + 4 * s34;
+    o[3] = d12 + 8 * d34 + d5;
+}
+
 /* Steps 1 and 2: v[xi][c][t] for the tiles t0 .. t0 + tb - 1 of tile row ti. */
 static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                                 Py_ssize_t PH, Py_ssize_t PW, int m, Py_ssize_t ti,
@@ -118,6 +129,17 @@ static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m
             }
             for (int a = 0; a < 2; a++)
                 V(at2)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], &y[a][0], &y[a][1]);
+        } else if (m == 4) {  /* the rows of at4, written out */
+            for (int nu = 0; nu < WG_N; nu++) {
+                V(vf) o[4];
+#define WG_M(mu) (*(const V(vf) *)(mk + ((mu) * WG_N + nu) * ldxi + t))
+                V(at4)(WG_M(0), WG_M(1), WG_M(2), WG_M(3), WG_M(4), WG_M(5), o);
+#undef WG_M
+                for (int a = 0; a < 4; a++)
+                    z[a][nu] = o[a];
+            }
+            for (int a = 0; a < 4; a++)
+                V(at4)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], y[a]);
         } else {
             /* z[a][nu] = sum over mu of at[a][mu] M[mu][nu] */
             for (int nu = 0; nu < WG_N; nu++) {
