@@ -218,7 +218,7 @@ def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     (n, c, h, width), r = x.shape, w.shape[2]
     (ph, pw), (oh, ow), threads = padding, out_size, get_num_threads()
     filters = filters or _winograd.prepare(w)
-    at = _winograd.transforms(filters.m, r)[0].astype(np.float32)
+    at = _winograd.output_matrix(filters.m, r)
     extra = {} if w2 is None else dict(p=_winograd.pad_rows(w2.reshape(w2.shape[:2]), _wg.FILTER_BLOCK), p_bias=b2)
     out = np.empty((n, w.shape[0] if w2 is None else w2.shape[0], oh // q, ow // q), np.float32)
     _, slot = _winograd.layout(n, width, pw, r, oh, ow, q)

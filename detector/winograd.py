@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._ext import winograd as _kernel
+from .threads import get_num_threads
 
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2),
           Fraction(-1, 2))
@@ -78,6 +79,14 @@ class Filters(NamedTuple):
     shape: tuple
 
 
+@lru_cache(maxsize=None)
+def output_matrix(m, r):
+    """A^T of F(m, r) as float32, as the kernel takes it."""
+    matrix = transforms(m, r)[0].astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
+
+
 def pad_rows(a, block):
     """a (R, ...) float32, C-contiguous, with zero rows added up to a multiple of block."""
     padded = np.zeros((-(-a.shape[0] // block) * block, *a.shape[1:]), np.float32)
@@ -99,7 +108,7 @@ def prepare(w):
     m = TILES[r]
     _, g, _ = transforms(m, r)
     u = np.empty((g.shape[0] ** 2, -(-k // _kernel.FILTER_BLOCK) * _kernel.FILTER_BLOCK, c), np.float32)
-    _kernel.transform_filters(np.ascontiguousarray(w, np.float32), g, u)  # padding filters: 0
+    _kernel.transform_filters(np.ascontiguousarray(w, np.float32), g, u, get_num_threads())  # padding: 0
     return Filters(u, m, tuple(w.shape))
 
 

@@ -61,38 +61,44 @@ def tiles_per_chunk(Py_ssize_t tiles_per_row):
     return min(TILES, (tiles_per_row + 31) // 32 * 32)
 
 
-def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
-                      const double[:, ::1] g,  # IN (N, r): G
-                      float[:, :, ::1] u):  # OUT (N*N, Kp, C), Kp >= K: U = G w G^T, rest 0
-    """u[i * N + j, k, c] = sum over a, b of g[i, a] w[k, c, a, b] g[j, b], in float64."""
-    cdef Py_ssize_t K = w.shape[0], C = w.shape[1], r = w.shape[2], n = g.shape[0]
-    cdef Py_ssize_t k, c, i, j, a, bb, nn = n * n, Kp = u.shape[1]
-    cdef double gm[8][8]
+cdef void transform_filter(const float *f, Py_ssize_t C, Py_ssize_t r, const double *gm,
+                           Py_ssize_t n, Py_ssize_t Kp, Py_ssize_t k, float *dst) noexcept nogil:
+    """Filter k (C, r, r) at f into dst[(i * n + j) * Kp + k, c] = (G f_c G^T)[i, j]."""
     cdef double half[8][8]
     cdef double acc
-    cdef const float *f
-    cdef float *dst = &u[0, 0, 0]
+    cdef Py_ssize_t c, i, j, a, bb
+    for c in range(C):
+        for i in range(n):  # half = G f (n x r)
+            for bb in range(r):
+                acc = 0
+                for a in range(r):
+                    acc = acc + gm[i * 8 + a] * f[(c * r + a) * r + bb]
+                half[i][bb] = acc
+        for i in range(n):  # G f G^T
+            for j in range(n):
+                acc = 0
+                for bb in range(r):
+                    acc = acc + half[i][bb] * gm[j * 8 + bb]
+                dst[((i * n + j) * Kp + k) * C + c] = <float>acc
+
+
+def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
+                      const double[:, ::1] g,  # IN (N, r): G
+                      float[:, :, ::1] u,  # OUT (N*N, Kp, C), Kp >= K: U = G w G^T, rest 0
+                      int num_threads):
+    """u[i * N + j, k, c] = sum over a, b of g[i, a] w[k, c, a, b] g[j, b], in float64."""
+    cdef Py_ssize_t K = w.shape[0], C = w.shape[1], r = w.shape[2], n = g.shape[0]
+    cdef Py_ssize_t k, i, a, nn = n * n, Kp = u.shape[1]
+    cdef double gm[64]
     for i in range(n):
         for a in range(r):
-            gm[i][a] = g[i, a]
+            gm[i * 8 + a] = g[i, a]
+    u[:, K:, :] = 0
+    if K == 0 or C == 0:
+        return
     with nogil:
-        for i in range(nn * Kp * C):
-            dst[i] = 0
-        for k in range(K):
-            for c in range(C):
-                f = &w[k, c, 0, 0]
-                for i in range(n):  # half = G w (n x r)
-                    for bb in range(r):
-                        acc = 0
-                        for a in range(r):
-                            acc = acc + gm[i][a] * f[a * r + bb]
-                        half[i][bb] = acc
-                for i in range(n):  # G w G^T
-                    for j in range(n):
-                        acc = 0
-                        for bb in range(r):
-                            acc = acc + half[i][bb] * gm[j][bb]
-                        dst[((i * n + j) * Kp + k) * C + c] = <float>acc
+        for k in prange(K, num_threads=num_threads, schedule='static'):
+            transform_filter(&w[k, 0, 0, 0], C, r, gm, n, Kp, k, &u[0, 0, 0])
 
 
 def to_wide(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
