@@ -10,11 +10,12 @@ Three kernels compute :func:`detector.layers.conv2d_infer`:
 
 The cost model gives seconds for one call on one thread as counts times coefficients, fitted
 (non-negative least squares, each timing weighted by its inverse square root: between
-absolute and relative error) to 448 timings of each kernel: C in 1..64,
+absolute and relative error, so that the large layers are right) to 448 timings of each
+kernel: C in 1..64,
 K in 8..128, output sides 8..130, with and without a 2x2 pool, r = 3 and 5, one image, this
-project's 2-core AMD EPYC (AVX-512). Over those layers, its choice took 1.04x the time of
-the fastest kernel (mean; 1.7x at worst, where two kernels are close), and the chosen kernels
-took 0.56x the time of im2col alone. ``detector bench algorithms`` measures again.
+project's 2-core AMD EPYC (AVX-512; OpenBLAS on the kernel it picks for this CPU). Over
+those layers, its choice took 1.04x the time of the fastest kernel (mean; 2.1x at worst, on
+layers of a few microseconds), and the chosen kernels took 0.58x the time of im2col alone. ``detector bench algorithms`` measures again.
 """
 import numpy as np
 
@@ -25,14 +26,14 @@ from ._ext import winograd as _wg
 ALGORITHMS = ("auto", "im2col", "winograd", "direct")
 
 # im2col: multiply-adds, values im2col copies, outputs, a call
-IM2COL_COST = (1.042e-11, 1.848e-10, 6.841e-11, 5.26e-6)
+IM2COL_COST = (9.413e-12, 1.351e-10, 8.511e-11, 6.75e-6)
 # winograd, by filter size: multiply-adds of the tile products, transformed inputs,
 # transformed outputs, a call; and seconds per filter and channel to transform the filters
-WINOGRAD_COST = {5: (9.525e-12, 2.764e-10, 5.092e-10, 0.0),
-                 3: (1.566e-11, 4.134e-10, 1.925e-10, 0.0)}
+WINOGRAD_COST = {5: (9.416e-12, 2.643e-10, 6.626e-10, 0.0),
+                 3: (9.247e-12, 3.316e-10, 2.202e-10, 1.22e-6)}
 PREPARE_COST = 1.27e-7
 # direct: multiply-adds (in whole register blocks), input values copied, outputs, a call
-DIRECT_COST = (9.087e-12, 9.586e-11, 8.215e-11, 1.14e-6)
+DIRECT_COST = (7.736e-12, 1.213e-10, 1.048e-10, 3.19e-6)
 
 
 def unfit(algorithm, dtype, w_shape, stride, pool):

@@ -223,7 +223,7 @@ def test_training_forward_takes_winograd_where_it_pays_and_matches_the_naive_loo
     from detector.layers import _winograd_pays
 
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((16, 16, 14, 14)).astype(np.float32)  # the default net's conv2
+    x = rng.standard_normal((64, 16, 14, 14)).astype(np.float32)  # the default net's conv2, batch 64
     w = rng.standard_normal((32, 16, 5, 5)).astype(np.float32)
     b = rng.standard_normal(32).astype(np.float32)
     assert _winograd_pays(x, w, (1, 1), 0, (10, 10))
