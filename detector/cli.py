@@ -1,4 +1,4 @@
-"""The detector command line: train, detect, eval, data, bench, serve, client, demo.
+"""The detector command line: train, detect, eval, data, bench, serve, client, export, demo.
 
 Every error is one line on stderr and a non-zero exit status, never a traceback: 2 for a bad
 argument, a bad input file or a refused request; 1 for a gRPC error from a server, or for an
@@ -256,6 +256,13 @@ def _parser():
     client.add_argument("--token", help="send 'authorization: Bearer TOKEN' (default: $DETECTOR_TOKEN)")
     client.add_argument("--tls-ca", help="PEM root certificates: connect with TLS")
     client.add_argument("--timeout", type=arg.seconds, default=60.0, help="seconds before DEADLINE_EXCEEDED")
+
+    export = _command(commands, "export", "write the model as ONNX, for other runtimes")
+    export.add_argument("--onnx", required=True, help="the .onnx file to write")
+    export.add_argument("--model", help="checkpoint (.npz) (default: the shipped model)")
+    export.add_argument("--classifier", action="store_true",
+                        help="the window classifier, (N, C, window) -> (N, classes), instead of the "
+                             "fully convolutional net over images of any size")
 
     demo = _command(commands, "demo", "draw a scene, detect with both modes, compare")
     demo.add_argument("--out", default="demo-output", help="folder for the pictures")
@@ -558,8 +565,28 @@ def _demo(args):
     return 0
 
 
+def _export(args):
+    from . import DEFAULT_MODEL, load_model
+    from .atomic import atomic_write
+    from .export import onnx_model, sha256
+
+    _check_writable(args.onnx)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ValueError("detector export needs the onnx package: pip install 'detector[onnx]'") from None
+    model_path = str(args.model or DEFAULT_MODEL)
+    net = load_model(model_path)
+    model = onnx_model(net, classifier=args.classifier, source_sha256=sha256(model_path))
+    with atomic_write(args.onnx) as f:
+        f.write(model.SerializeToString())
+    kind = "window classifier" if args.classifier else "fully convolutional net"
+    print(f"wrote {args.onnx}: the {kind} of {model_path} ({', '.join(net.classes)})")
+    return 0
+
+
 HANDLERS = {"train": _train, "detect": _detect, "eval": _eval, "data": _data, "bench": _bench,
-            "serve": _serve, "client": _client, "demo": _demo}
+            "serve": _serve, "client": _client, "demo": _demo, "export": _export}
 
 
 def _debug():

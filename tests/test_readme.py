@@ -36,3 +36,14 @@ def test_readme_model_example_runs():
 def test_readme_detection_example_runs():
     namespace = run(examples()[2])
     assert namespace["result"].detections and namespace["level"].scores.shape[0] == 11
+
+
+def test_readme_export_example_runs():
+    import pytest
+
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    namespace = run(examples()[3])
+    assert namespace["scores"].shape == (1, 11, 31, 41) and namespace["boxes"].shape == (1, 4, 31, 41)
+    np.testing.assert_allclose(namespace["scores"].sum(axis=1), 1, rtol=1e-5)
+    assert namespace["facts"]["stride"] == 4 and namespace["facts"]["classes"][0] == "background"

@@ -20,6 +20,7 @@ import importlib.util
 import numpy as np
 
 from ..architecture import Conv, Linear, Pool, Relu
+from ..export import layer_nodes
 
 OPSET = 17
 # largest |reference - ours| on the raw scores for the two to count as the same computation
@@ -132,36 +133,12 @@ def torch_classifier(net):
 
 def onnx_fcn(fcn):
     """The unrolled net as an ``onnx.ModelProto``: input "x" (N, C, H, W) float32, output
-    "scores" (N, outputs, H', W'), with N, H and W dynamic."""
+    "scores" (N, outputs, H', W'), with N, H and W dynamic: the raw pass that
+    :meth:`FullyConvNet.scores` computes (the export adds padding, normalisation, softmax)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes, initializers, name = [], [], "x"
-    for layer in fcn.layers:
-        out = f"{layer.name}_out"
-        if isinstance(layer, Conv):
-            w, b = fcn.params[f"{layer.name}.w"], fcn.params[f"{layer.name}.b"]
-            initializers += [numpy_helper.from_array(np.asarray(w, np.float32), f"{layer.name}.w"),
-                             numpy_helper.from_array(np.asarray(b, np.float32), f"{layer.name}.b")]
-            ph, pw = _pair(layer.padding)
-            nodes.append(helper.make_node("Conv", [name, f"{layer.name}.w", f"{layer.name}.b"], [out],
-                                          name=layer.name, kernel_shape=list(layer.size),
-                                          strides=list(_pair(layer.stride)), pads=[ph, pw, ph, pw]))
-        elif isinstance(layer, Pool):
-            ph, pw = _pair(layer.padding)
-            common = dict(name=layer.name, kernel_shape=list(_pair(layer.size)),
-                          strides=list(_pair(layer.stride)), pads=[ph, pw, ph, pw])
-            if layer.kind == "max":
-                nodes.append(helper.make_node("MaxPool", [name], [out], **common))
-            elif layer.kind == "avg":
-                nodes.append(helper.make_node("AveragePool", [name], [out], count_include_pad=1, **common))
-            else:
-                nodes.append(helper.make_node("LpPool", [name], [out], p=2, **common))
-        elif isinstance(layer, Relu):
-            nodes.append(helper.make_node("Relu", [name], [out], name=layer.name))
-        else:
-            raise TypeError(f"no ONNX counterpart for {layer!r}")
-        name = out
+    nodes, initializers, _ = layer_nodes(fcn.layers, fcn.params, "x")
     nodes[-1].output[0] = "scores"
     graph = helper.make_graph(
         nodes, "detector_fcn",
