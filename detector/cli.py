@@ -139,8 +139,10 @@ def _parser():
     train.add_argument("--mine-epochs", type=arg.count, default=d.mine_epochs, help="epochs of retraining per round")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    detect = _command(commands, "detect", "find the model's objects in an image")
-    detect.add_argument("image", help="PNG, JPEG, BMP, TIFF or WebP file")
+    detect = _command(commands, "detect", "find the model's objects in images")
+    detect.add_argument("images", nargs="+", metavar="PATH",
+                        help="PNG, JPEG, BMP, TIFF or WebP files, folders (searched recursively), globs "
+                             "or @list.txt (one path a line); more than one image runs a batch")
     _detect_options(detect)
     _budget_options(detect)
     detect.add_argument("--json", action="store_true", help="print the detections as JSON")
@@ -149,6 +151,13 @@ def _parser():
     detect.add_argument("--heatmap-class", help="show this class's probability (default: the best object class)")
     detect.add_argument("--coco-json", help="write the detections in the COCO results format")
     detect.add_argument("--image-id", type=arg.non_negative, default=0, help="image_id for --coco-json")
+    detect.add_argument("--jsonl", help="batch: stream one JSON object per image to this file as it finishes")
+    detect.add_argument("--resume", action="store_true",
+                        help="batch: skip the images --jsonl already holds without an error")
+    detect.add_argument("--out-dir", help="batch: write each image with its boxes here (PNG)")
+    detect.add_argument("--workers", type=arg.count, default=1,
+                        help="batch: processes, each with the model loaded once and cores / N kernel threads")
+    detect.add_argument("--no-progress", action="store_true", help="batch: no progress bar")
 
     evaluate = _command(commands, "eval", "average precision on scenes or on a COCO data set")
     source = evaluate.add_mutually_exclusive_group(required=True)
@@ -334,12 +343,25 @@ def _read_file(path, what):
         raise OSError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
+def _is_batch(args):
+    """Whether ``detector detect`` runs a batch: more than one path, a folder, a glob, a list,
+    or a batch option."""
+    import glob as globbing
+
+    first = args.images[0]
+    return (len(args.images) > 1 or os.path.isdir(first) or first.startswith("@") or globbing.has_magic(first)
+            or bool(args.jsonl or args.out_dir or args.resume or args.workers > 1))
+
+
 def _detect(args):
+    if _is_batch(args):
+        return _detect_batch(args)
     from . import DEFAULT_MODEL, draw, images, load_model
     from .budget import Budget, OverBudget
     from .detect import detect
     from .report_json import model_json, result_json
 
+    args.image = args.images[0]
     _check_picture(args.out, args.heatmap)
     _check_writable(args.coco_json)
     budget = Budget(args.max_pixels, args.max_gflops, args.max_memory_mb)
@@ -382,6 +404,52 @@ def _detect(args):
         atomic_write_json(args.coco_json, results_json([(args.image_id, [(d.box, d.label, d.score)
                                                                           for d in result.detections])], ids))
     return 0
+
+
+def _detect_batch(args):
+    from . import DEFAULT_MODEL, load_model
+    from .batch import Job, expand, run
+    from .budget import Budget
+    from .report_json import model_json
+    from .threads import get_num_threads
+
+    for flag, value in (("--out", args.out), ("--heatmap", args.heatmap)):
+        if value:
+            raise ValueError(f"{flag} draws one image; a batch writes its pictures with --out-dir")
+    if args.resume and not args.jsonl:
+        raise ValueError("--resume needs --jsonl: the file of the run to resume")
+    _check_writable(args.jsonl, args.coco_json)
+    if args.out_dir and not os.path.isdir(args.out_dir):
+        raise ValueError(f"--out-dir {args.out_dir}: no such folder")
+    paths = expand(args.images)
+    model_path = str(args.model or DEFAULT_MODEL)
+    net = load_model(model_path)  # a model the workers could not read fails here, once
+    job = Job(model_path, _detect_options_of(args), Budget(args.max_pixels, args.max_gflops, args.max_memory_mb),
+              args.max_pixels, threads=max(1, get_num_threads() // args.workers) if args.workers > 1 else 0,
+              out_dir=args.out_dir, _net=net)
+
+    def show(record):
+        if args.jsonl:
+            return
+        if args.json:
+            print(json.dumps(record))
+        elif "error" in record:  # the message names the image
+            print(f"error: {record['error']}")
+        else:
+            print(f"{record['image']}: {len(record['detections'])} detections in {record['timings_ms']['total_ms']:.0f} ms")
+        sys.stdout.flush()
+
+    summary = run(paths, job, args.jsonl, args.resume, args.workers, progress=not args.no_progress, on_record=show)
+    if args.coco_json:
+        from .datasets.coco import atomic_write_json, results_json
+
+        ids = net.data.get("category_ids") or {c: i for i, c in enumerate(net.classes)}
+        atomic_write_json(args.coco_json, results_json(summary["found"], ids))
+    model = model_json(model_path)
+    print(f"detector: {summary['images']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s, "
+          f"{args.workers} worker{'s' if args.workers > 1 else ''}), {summary['failed']} failed, "
+          f"{summary['skipped']} skipped as done; model {model['name']} {model['checksum'][:12]}", file=sys.stderr)
+    return 2 if summary["failed"] else 0
 
 
 def _ground_truth(args, net):
