@@ -1,11 +1,13 @@
 """Detection over many images: paths expanded, results streamed, failures recorded, resumable.
 
 :func:`expand` turns files, folders (searched recursively for images), globs and ``@list.txt``
-files into one ordered list of image paths. :func:`run` detects in each, in this process or
-in ``workers`` processes (each loads the model once, and runs its kernels on cores / workers
-threads), and streams one JSON object per image as it finishes to a JSONL file: its path, its
-index in the list (the ``image_id`` of the COCO results), size, detections and timings, or
-its ``error``. An unreadable or corrupt image is recorded and the run goes on.
+files into one ordered list of image paths. :func:`run` detects in each, in this process, in
+``workers`` processes (each loads the model once, and runs its kernels on cores / workers
+threads) or on a Dask cluster (``scheduler``: a worker plugin loads the model once in each
+worker; the model and the images reach the workers by path, so they must share the
+filesystem), and streams one JSON object per image as it finishes to a JSONL file: its path,
+its index in the list (the ``image_id`` of the COCO results), size, detections and timings,
+or its ``error``. An unreadable or corrupt image is recorded and the run goes on.
 
 A JSONL line is written and flushed whole; a killed run leaves at most a partial last line.
 With ``resume``, that line is cut off and every image already recorded without an error is
@@ -154,8 +156,10 @@ _JOB = None
 def _start_worker(job):
     """A worker process: its kernel threads, and the model, loaded once."""
     global _JOB
+    from . import heap
     from .threads import set_num_threads
 
+    heap.retain()  # each image's arrays come from the heap, as the last image's went back to it
     if job.threads:
         set_num_threads(job.threads)
     _JOB = job
@@ -166,12 +170,39 @@ def _work(item):
     return detect_file(_JOB, *item)
 
 
-def run(paths, job, jsonl=None, resume=False, workers=1, progress=True, on_record=None):
+def _dask_results(todo, job, scheduler):
+    """(record, detections) of each image as a Dask cluster finishes it: the model and the
+    images reach the workers by path (a filesystem they share), a worker that dies has its
+    images run again elsewhere."""
+    try:
+        from distributed import Client, as_completed
+
+        from .dask_worker import ModelOnWorker, detect_on_worker
+    except ImportError:
+        raise ValueError("--scheduler needs Dask: pip install 'detector[dask]'") from None
+    try:
+        client = Client(scheduler, timeout=5)
+    except (OSError, TimeoutError) as error:
+        raise ValueError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+    with client:
+        try:
+            client.register_plugin(ModelOnWorker(job))
+        except Exception as error:  # whatever the workers raised while loading it
+            raise ValueError(f"the Dask workers could not load the model {job.model_path}: {error}") from None
+        futures = [client.submit(detect_on_worker, index, path, pure=False, retries=1) for index, path in todo]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def run(paths, job, jsonl=None, resume=False, workers=1, progress=True, on_record=None, scheduler=None):
     """Detect in every image of ``paths`` (already expanded); return a summary dict with
     ``images``, ``failed``, ``skipped``, ``seconds`` and ``found`` [(image_id, detections)]
     of the images that succeeded. Records stream to ``jsonl`` and to ``on_record(record)``."""
     from tqdm import tqdm
 
+    from . import heap
+
+    heap.retain()  # as in the workers: the images' arrays are reused from the heap
     skip = finished(jsonl) if jsonl and resume else set()
     todo = [(i, p) for i, p in enumerate(paths) if p not in skip]
     job.root = job.root or (os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ".")
@@ -179,7 +210,8 @@ def run(paths, job, jsonl=None, resume=False, workers=1, progress=True, on_recor
     out = open(jsonl, "a" if resume else "w", encoding="utf-8") if jsonl else None
     bar = tqdm(total=len(todo), desc="detect", unit="image", disable=not progress, dynamic_ncols=True)
     try:
-        for record, detections in _results(todo, job, workers):
+        results = _dask_results(todo, job, scheduler) if scheduler else _results(todo, job, workers)
+        for record, detections in results:
             failed += "error" in record
             if "error" not in record:
                 found.append((record["image_id"], detections))

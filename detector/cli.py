@@ -157,6 +157,9 @@ def _parser():
     detect.add_argument("--out-dir", help="batch: write each image with its boxes here (PNG)")
     detect.add_argument("--workers", type=arg.count, default=1,
                         help="batch: processes, each with the model loaded once and cores / N kernel threads")
+    detect.add_argument("--scheduler", metavar="ADDRESS",
+                        help="batch: run on this Dask distributed scheduler (tcp://host:8786); the workers "
+                             "read the model and the images by path")
     detect.add_argument("--no-progress", action="store_true", help="batch: no progress bar")
 
     evaluate = _command(commands, "eval", "average precision on scenes or on a COCO data set")
@@ -350,7 +353,7 @@ def _is_batch(args):
 
     first = args.images[0]
     return (len(args.images) > 1 or os.path.isdir(first) or first.startswith("@") or globbing.has_magic(first)
-            or bool(args.jsonl or args.out_dir or args.resume or args.workers > 1))
+            or bool(args.jsonl or args.out_dir or args.resume or args.workers > 1 or args.scheduler))
 
 
 def _detect(args):
@@ -439,15 +442,21 @@ def _detect_batch(args):
             print(f"{record['image']}: {len(record['detections'])} detections in {record['timings_ms']['total_ms']:.0f} ms")
         sys.stdout.flush()
 
-    summary = run(paths, job, args.jsonl, args.resume, args.workers, progress=not args.no_progress, on_record=show)
+    if args.scheduler and args.workers > 1:
+        raise ValueError("--workers and --scheduler both say where to run: give one")
+    if args.scheduler and args.out_dir:
+        raise ValueError("--out-dir writes on this machine: it does not run with --scheduler")
+    summary = run(paths, job, args.jsonl, args.resume, args.workers, progress=not args.no_progress, on_record=show,
+                  scheduler=args.scheduler)
     if args.coco_json:
         from .datasets.coco import atomic_write_json, results_json
 
         ids = net.data.get("category_ids") or {c: i for i, c in enumerate(net.classes)}
         atomic_write_json(args.coco_json, results_json(summary["found"], ids))
     model = model_json(model_path)
+    where = f"on {args.scheduler}" if args.scheduler else f"{args.workers} worker{'s' if args.workers > 1 else ''}"
     print(f"detector: {summary['images']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s, "
-          f"{args.workers} worker{'s' if args.workers > 1 else ''}), {summary['failed']} failed, "
+          f"{where}), {summary['failed']} failed, "
           f"{summary['skipped']} skipped as done; model {model['name']} {model['checksum'][:12]}", file=sys.stderr)
     return 2 if summary["failed"] else 0
 

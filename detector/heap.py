@@ -8,8 +8,9 @@ step (batch 64, one thread): 12.6 ms, of which a third in the kernel's page faul
 7.9 ms with the thresholds raised so that the heap keeps the memory for the next step.
 
 :func:`retain` raises them for this process (glibc only; elsewhere it does nothing). The
-trainer and ``detector bench train`` call it; a server does not, so that its memory goes
-back to the OS after a large request.
+trainer, batch detection (its processes and Dask workers, whose nanny asks glibc to trim at
+once) and the training benchmarks call it; a server does not, so that its memory goes back
+to the OS after a large request.
 """
 import ctypes
 import ctypes.util

@@ -126,3 +126,35 @@ def test_a_batch_without_jsonl_prints_a_line_per_image(folder, capsys):
     assert main(["detect", str(folder / "a.png"), str(folder / "c.png"), "--json", "--no-progress"]) == 0
     assert [json.loads(line)["image"] for line in capsys.readouterr().out.splitlines()] == \
         [str(folder / "a.png"), str(folder / "c.png")]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Dask LocalCluster of 2 worker processes on loopback: its scheduler's address."""
+    distributed = pytest.importorskip("distributed")
+    local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                     host="127.0.0.1")
+    yield local.scheduler_address
+    local.close()
+
+
+def test_a_dask_cluster_gives_the_same_records_as_one_process(folder, tmp_path, cluster):
+    one, dask = tmp_path / "one.jsonl", tmp_path / "dask.jsonl"
+    assert main(["detect", str(folder), "--jsonl", str(one), "--no-progress"]) == 2
+    assert main(["detect", str(folder), "--jsonl", str(dask), "--scheduler", cluster, "--no-progress"]) == 2
+    strip = lambda r: {k: v for k, v in r.items() if k != "timings_ms"}  # noqa: E731
+    assert sorted(map(strip, records(one)), key=lambda r: r["image"]) == \
+        sorted(map(strip, records(dask)), key=lambda r: r["image"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
+    (["--scheduler", "tcp://127.0.0.1:9", "--workers", "2"], "--workers and --scheduler both say where to run"),
+])
+def test_a_scheduler_that_cannot_serve_is_one_line(folder, capsys, extra, message):
+    pytest.importorskip("distributed")
+    with pytest.raises(SystemExit) as exit_:
+        main(["detect", str(folder / "a.png"), "--no-progress", *extra])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
