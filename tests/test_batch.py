@@ -158,3 +158,31 @@ def test_a_scheduler_that_cannot_serve_is_one_line(folder, capsys, extra, messag
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_a_dask_worker_that_dies_has_its_images_run_again(folder, tmp_path, cluster):
+    import signal
+
+    from distributed import Client
+
+    from detector.batch import Job, run
+    from detector.budget import Budget
+    from detector.detect import DetectOptions
+
+    paths = [str(folder / n) for n in ("a.png", "b.jpg", "c.png")]  # and 24 copies: a run of a few seconds
+    for i in range(24):
+        (tmp_path / f"copy{i}.png").write_bytes((folder / "a.png").read_bytes())
+        paths.append(str(tmp_path / f"copy{i}.png"))
+    with Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+    killed = []
+
+    def kill_once(record):
+        if not killed:
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)  # a worker dies in the middle of the batch
+
+    job = Job(str(detector.DEFAULT_MODEL), DetectOptions(), Budget(), 50_000_000)
+    summary = run(paths, job, str(tmp_path / "out.jsonl"), progress=False, on_record=kill_once, scheduler=cluster)
+    assert killed and summary["failed"] == 0
+    assert sorted(r["image"] for r in records(tmp_path / "out.jsonl")) == sorted(paths)
