@@ -31,8 +31,11 @@ def expand(paths):
     for path in paths:
         if path.startswith("@"):
             found += _listed(path[1:])
+        elif os.path.isfile(path):  # before globs: "photo[1].png" is a file's name
+            found.append(path)
         elif glob.has_magic(path):
-            matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+            # each file once, though a symbolic link loop offers it under many names
+            matches = sorted({os.path.realpath(p): p for p in glob.glob(path, recursive=True) if os.path.isfile(p)}.values())
             if not matches:
                 raise ValueError(f"no file matches {path}")
             found += matches
@@ -42,8 +45,6 @@ def expand(paths):
             if not images:
                 raise ValueError(f"{path} holds no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
             found += images
-        elif os.path.isfile(path):
-            found.append(path)
         else:
             raise ValueError(f"{path}: no such file or folder")
     return list(dict.fromkeys(found))
@@ -126,15 +127,19 @@ def detect_file(job, index, path):
         image = images.read(path, job.max_pixels)
         decoded = time.perf_counter()
         result = detect(image, job.net(), job.options, budget=job.budget)
+        record.update(result_json(result, (decoded - start) * 1e3, (time.perf_counter() - start) * 1e3))
+        if job.out_dir:
+            _write_png(picture_path(job.out_dir, job.root, path), draw.boxes(image, result.detections, job.net().classes))
     except (ValueError, OSError) as error:
-        record["error"] = _message(error)
-        return record, []
-    record.update(result_json(result, (decoded - start) * 1e3, (time.perf_counter() - start) * 1e3))
-    if job.out_dir:
-        picture = os.path.join(job.out_dir, os.path.splitext(os.path.relpath(path, job.root))[0] + ".png")
-        os.makedirs(os.path.dirname(picture), exist_ok=True)
-        _write_png(picture, draw.boxes(image, result.detections, job.net().classes))
+        return {"image": path, "image_id": index, "error": _message(error)}, []
     return record, [(d.box, d.label, d.score) for d in result.detections]
+
+
+def picture_path(out_dir, root, path):
+    """Where --out-dir draws image ``path``: its path below ``root``, with ".png" added
+    unless it is a PNG already (a.jpg and a.png do not meet)."""
+    relative = os.path.relpath(os.path.abspath(path), root)
+    return os.path.join(out_dir, relative if relative.lower().endswith(".png") else relative + ".png")
 
 
 def _message(error):
@@ -146,6 +151,7 @@ def _message(error):
 def _write_png(path, picture):
     import cv2
 
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     if not cv2.imwrite(path, picture):
         raise OSError(f"could not write {path}")
 
@@ -170,34 +176,10 @@ def _work(item):
     return detect_file(_JOB, *item)
 
 
-def _dask_results(todo, job, scheduler):
-    """(record, detections) of each image as a Dask cluster finishes it: the model and the
-    images reach the workers by path (a filesystem they share), a worker that dies has its
-    images run again elsewhere."""
-    try:
-        from distributed import Client, as_completed
-
-        from .dask_worker import ModelOnWorker, detect_on_worker
-    except ImportError:
-        raise ValueError("--scheduler needs Dask: pip install 'detector[dask]'") from None
-    try:
-        client = Client(scheduler, timeout=5)
-    except (OSError, TimeoutError) as error:
-        raise ValueError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
-    with client:
-        try:
-            client.register_plugin(ModelOnWorker(job))
-        except Exception as error:  # whatever the workers raised while loading it
-            raise ValueError(f"the Dask workers could not load the model {job.model_path}: {error}") from None
-        futures = [client.submit(detect_on_worker, index, path, pure=False, retries=1) for index, path in todo]
-        for future in as_completed(futures):
-            yield future.result()
-
-
 def run(paths, job, jsonl=None, resume=False, workers=1, progress=True, on_record=None, scheduler=None):
     """Detect in every image of ``paths`` (already expanded); return a summary dict with
-    ``images``, ``failed``, ``skipped``, ``seconds`` and ``found`` [(image_id, detections)]
-    of the images that succeeded. Records stream to ``jsonl`` and to ``on_record(record)``."""
+    ``images``, ``failed``, ``skipped`` and ``seconds``. Records stream to ``jsonl`` and to
+    ``on_record(record)``."""
     from tqdm import tqdm
 
     from . import heap
@@ -206,15 +188,13 @@ def run(paths, job, jsonl=None, resume=False, workers=1, progress=True, on_recor
     skip = finished(jsonl) if jsonl and resume else set()
     todo = [(i, p) for i, p in enumerate(paths) if p not in skip]
     job.root = job.root or (os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ".")
-    start, failed, found = time.perf_counter(), 0, []
+    start, failed = time.perf_counter(), 0
     out = open(jsonl, "a" if resume else "w", encoding="utf-8") if jsonl else None
     bar = tqdm(total=len(todo), desc="detect", unit="image", disable=not progress, dynamic_ncols=True)
     try:
         results = _dask_results(todo, job, scheduler) if scheduler else _results(todo, job, workers)
-        for record, detections in results:
+        for record, _ in results:
             failed += "error" in record
-            if "error" not in record:
-                found.append((record["image_id"], detections))
             if out:
                 out.write(json.dumps(record) + "\n")
                 out.flush()
@@ -228,7 +208,43 @@ def run(paths, job, jsonl=None, resume=False, workers=1, progress=True, on_recor
             out.close()
     seconds = time.perf_counter() - start
     return {"images": len(todo), "failed": failed, "skipped": len(paths) - len(todo), "seconds": seconds,
-            "images_per_s": len(todo) / seconds if seconds else 0.0, "found": sorted(found)}
+            "images_per_s": len(todo) / seconds if seconds else 0.0}
+
+
+def latest_records(jsonl_path):
+    """The last record of each image in a JSONL file, in the order of the images' ids."""
+    latest = {}
+    with open(jsonl_path, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            latest[record["image"]] = record
+    return sorted(latest.values(), key=lambda r: r["image_id"])
+
+
+# Seconds to wait for a Dask scheduler to have a worker.
+WORKERS_TIMEOUT = 10
+
+# Images handed to the workers at once: enough to keep them busy, few enough that Ctrl-C or
+# a failure drops little queued work, and that a batch of millions holds little memory.
+IN_FLIGHT_PER_WORKER = 4
+
+
+def _windowed(submit, todo, window, wait):
+    """Results of ``submit(item)`` for every item, at most ``window`` submitted at a time,
+    as they complete; ``wait(pending)`` returns (done, pending)."""
+    items, pending = iter(todo), set()
+    for item in items:
+        pending.add(submit(item))
+        if len(pending) >= window:
+            break
+    while pending:
+        done, pending = wait(pending)
+        for future in done:
+            result = future.result()
+            item = next(items, None)
+            if item is not None:
+                pending.add(submit(item))
+            yield result
 
 
 def _results(todo, job, workers):
@@ -238,11 +254,60 @@ def _results(todo, job, workers):
             yield detect_file(job, index, path)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: a fresh interpreter per worker, whatever threads this process has started; a
-    # worker that dies breaks the pool (BrokenProcessPool), rather than losing its image
+    # spawn: a fresh interpreter per worker, whatever threads this process has started
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,)) as pool:
-        for future in as_completed([pool.submit(_work, item) for item in todo]):
-            yield future.result()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,))
+    try:
+        yield from _windowed(lambda item: pool.submit(_work, item), todo, IN_FLIGHT_PER_WORKER * workers,
+                             lambda pending: wait(pending, return_when=FIRST_COMPLETED))
+    except BrokenProcessPool:
+        raise RuntimeError("a worker process died; what finished is in the JSONL: run again with --resume") from None
+    finally:  # on Ctrl-C or an error too: what is queued is dropped, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dask_results(todo, job, scheduler):
+    """(record, detections) of each image as a Dask cluster finishes it: the model and the
+    images reach the workers by path (a filesystem they share), a worker that dies has its
+    images run again elsewhere."""
+    import logging
+    import uuid
+
+    try:
+        from distributed import Client, wait
+
+        from .dask_worker import ModelOnWorker, detect_on_worker
+    except ImportError:
+        raise ValueError("--scheduler needs Dask: pip install 'detector[dask]'") from None
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its errors reach us as one line
+    try:
+        client = Client(scheduler, timeout=5)
+    except (OSError, TimeoutError) as error:
+        raise ValueError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_TIMEOUT)
+        except (OSError, TimeoutError):
+            raise ValueError(f"the Dask scheduler at {scheduler} has no workers") from None
+        plugin = ModelOnWorker(job, f"detector-{uuid.uuid4().hex}")  # one per batch: several may share a cluster
+        try:
+            client.register_plugin(plugin)
+        except Exception as error:  # whatever the workers raised while loading it
+            raise ValueError(f"the Dask workers could not load the model {job.model_path}: {error}") from None
+        workers = max(1, len(client.scheduler_info()["workers"]))
+        try:
+            yield from _windowed(
+                lambda item: client.submit(detect_on_worker, plugin.name, *item, pure=False, retries=1),
+                todo, IN_FLIGHT_PER_WORKER * workers,
+                lambda pending: wait(list(pending), return_when="FIRST_COMPLETED"))
+        except (OSError, TimeoutError) as error:
+            raise ValueError(f"lost the Dask scheduler at {scheduler} ({error}); what finished is in the JSONL: "
+                             "run again with --resume") from None
+        finally:
+            try:
+                client.unregister_worker_plugin(plugin.name)
+            except Exception:  # the cluster may be gone: nothing left to clean
+                pass

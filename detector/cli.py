@@ -403,15 +403,15 @@ def _detect(args):
     if args.coco_json:
         from .datasets.coco import atomic_write_json, results_json
 
-        ids = net.data.get("category_ids") or {c: i for i, c in enumerate(net.classes)}
         atomic_write_json(args.coco_json, results_json([(args.image_id, [(d.box, d.label, d.score)
-                                                                          for d in result.detections])], ids))
+                                                                          for d in result.detections])],
+                                                       _category_ids(net)))
     return 0
 
 
 def _detect_batch(args):
     from . import DEFAULT_MODEL, load_model
-    from .batch import Job, expand, run
+    from .batch import Job, expand, latest_records, run
     from .budget import Budget
     from .report_json import model_json
     from .threads import get_num_threads
@@ -421,17 +421,24 @@ def _detect_batch(args):
             raise ValueError(f"{flag} draws one image; a batch writes its pictures with --out-dir")
     if args.resume and not args.jsonl:
         raise ValueError("--resume needs --jsonl: the file of the run to resume")
+    if args.scheduler and args.workers > 1:
+        raise ValueError("--workers and --scheduler both say where to run: give one")
+    if args.scheduler and args.out_dir:
+        raise ValueError("--out-dir writes on this machine: it does not run with --scheduler")
     _check_writable(args.jsonl, args.coco_json)
     if args.out_dir and not os.path.isdir(args.out_dir):
         raise ValueError(f"--out-dir {args.out_dir}: no such folder")
     paths = expand(args.images)
     model_path = str(args.model or DEFAULT_MODEL)
-    net = load_model(model_path)  # a model the workers could not read fails here, once
+    net = load_model(model_path)  # a model that cannot be read fails here, once
     job = Job(model_path, _detect_options_of(args), Budget(args.max_pixels, args.max_gflops, args.max_memory_mb),
               args.max_pixels, threads=max(1, get_num_threads() // args.workers) if args.workers > 1 else 0,
               out_dir=args.out_dir, _net=net)
+    kept = []  # without a JSONL, the records --coco-json needs
 
     def show(record):
+        if args.coco_json and not args.jsonl:
+            kept.append(record)
         if args.jsonl:
             return
         if args.json:
@@ -442,23 +449,26 @@ def _detect_batch(args):
             print(f"{record['image']}: {len(record['detections'])} detections in {record['timings_ms']['total_ms']:.0f} ms")
         sys.stdout.flush()
 
-    if args.scheduler and args.workers > 1:
-        raise ValueError("--workers and --scheduler both say where to run: give one")
-    if args.scheduler and args.out_dir:
-        raise ValueError("--out-dir writes on this machine: it does not run with --scheduler")
     summary = run(paths, job, args.jsonl, args.resume, args.workers, progress=not args.no_progress, on_record=show,
                   scheduler=args.scheduler)
-    if args.coco_json:
+    if args.coco_json:  # the whole batch, the images of earlier runs resumed from included
         from .datasets.coco import atomic_write_json, results_json
 
-        ids = net.data.get("category_ids") or {c: i for i, c in enumerate(net.classes)}
-        atomic_write_json(args.coco_json, results_json(summary["found"], ids))
+        done = [r for r in (latest_records(args.jsonl) if args.jsonl else kept) if "error" not in r]
+        atomic_write_json(args.coco_json, results_json(
+            [(r["image_id"], [(d["box"], d["label"], d["score"]) for d in r["detections"]]) for r in done],
+            _category_ids(net)))
     model = model_json(model_path)
     where = f"on {args.scheduler}" if args.scheduler else f"{args.workers} worker{'s' if args.workers > 1 else ''}"
     print(f"detector: {summary['images']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s, "
           f"{where}), {summary['failed']} failed, "
           f"{summary['skipped']} skipped as done; model {model['name']} {model['checksum'][:12]}", file=sys.stderr)
     return 2 if summary["failed"] else 0
+
+
+def _category_ids(net):
+    """The COCO category id of each class: the training data's, or the class's index."""
+    return net.data.get("category_ids") or {c: i for i, c in enumerate(net.classes)}
 
 
 def _ground_truth(args, net):

@@ -9,12 +9,11 @@ from .batch import detect_file
 
 
 class ModelOnWorker(WorkerPlugin):
-    """The worker keeps the batch's job and loads its model once, when it starts."""
+    """The worker keeps the batch's job under the plugin's ``name`` and loads its model once,
+    when it starts."""
 
-    name = "detector-model"
-
-    def __init__(self, job):
-        self.job = job
+    def __init__(self, job, name):
+        self.job, self.name = job, name
 
     def setup(self, worker):
         from . import heap
@@ -30,9 +29,14 @@ class ModelOnWorker(WorkerPlugin):
         threads = int(omp) if omp.isdigit() and int(omp) > 0 else (os.cpu_count() or 1) // max(1, worker.state.nthreads)
         set_num_threads(max(1, threads))
         self.job.net()
-        worker.detector_job = self.job
+        if not hasattr(worker, "detector_jobs"):
+            worker.detector_jobs = {}
+        worker.detector_jobs[self.name] = self.job
+
+    def teardown(self, worker):
+        getattr(worker, "detector_jobs", {}).pop(self.name, None)
 
 
-def detect_on_worker(index, path):
-    """(record, detections) of image ``path``, on this worker's model."""
-    return detect_file(get_worker().detector_job, index, path)
+def detect_on_worker(name, index, path):
+    """(record, detections) of image ``path``, on the model of the batch ``name``."""
+    return detect_file(get_worker().detector_jobs[name], index, path)

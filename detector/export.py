@@ -21,6 +21,7 @@ model's SHA-256. ``onnx`` is an optional dependency (``pip install detector[onnx
 """
 import hashlib
 import json
+import warnings
 
 import numpy as np
 
@@ -73,8 +74,15 @@ def onnx_model(net, classifier=False, source_sha256=""):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    fcn = net.to_fcn(strict=not classifier)  # padding is exact inside a lone window
-    if not classifier:
+    if classifier:
+        with warnings.catch_warnings():  # padding is exact inside a lone window
+            warnings.simplefilter("ignore")
+            fcn = net.to_fcn(strict=False)
+    else:
+        try:
+            fcn = net.to_fcn()
+        except ValueError as error:
+            raise ValueError(f"{str(error).split('; pass strict=False')[0]}; export it with --classifier") from None
         _check_map_sizes(net, fcn)
     pad = 0 if classifier else min(net.window) // 2
     c, classes = net.channels, len(net.classes)
@@ -126,16 +134,16 @@ def onnx_model(net, classifier=False, source_sha256=""):
 def _check_map_sizes(net, fcn):
     """Refuse a net whose fully convolutional map holds more windows than fit in the image
     (pools that leave rows over): the FCN crops those, which the graph does not."""
-    shape = net.input_shape
-    for extra in range(2 * fcn.total_stride[0] ** 2):
-        side = fcn.window[0] + extra
+    (wh, ww), stride = fcn.window, fcn.total_stride[0]
+    for extra in range(2 * stride * stride):
+        shape = (net.channels, wh + extra, ww + extra)
         for layer in fcn.layers:
-            shape = layer.shape_after(shape) if layer is not fcn.layers[0] else layer.shape_after((shape[0], side, side))
-        if shape[1] != fcn.map_size(side, side)[0]:
-            raise ValueError(f"this net's pools leave rows over: over a {side}x{side} image its fully convolutional "
-                             f"map has {shape[1]} rows where {fcn.map_size(side, side)[0]} windows fit, which "
-                             "detect crops and the ONNX graph would not; export it with --classifier")
-        shape = net.input_shape
+            shape = layer.shape_after(shape)
+        fits = fcn.map_size(wh + extra, ww + extra)
+        if tuple(shape[1:]) != fits:
+            raise ValueError(f"this net's pools leave rows over: over a {wh + extra}x{ww + extra} image its fully "
+                             f"convolutional map is {shape[1]}x{shape[2]} where {fits[0]}x{fits[1]} windows fit, "
+                             "which detect crops and the ONNX graph would not; export it with --classifier")
 
 
 def sha256(path):

@@ -77,9 +77,10 @@ def test_a_batch_streams_a_record_per_image_and_goes_on_after_a_bad_one(folder, 
         assert [d["label"] for d in record["detections"]] == [d.label for d in expected]
         np.testing.assert_allclose([d["box"] + [d["score"]] for d in record["detections"]],
                                    [[*d.box, d.score] for d in expected], rtol=1e-6)
-        assert (pictures / name).with_suffix(".png").exists()
+        assert (pictures / (name if name.endswith(".png") else name + ".png")).exists()
     results = json.loads(coco.read_text())
-    assert {r["image_id"] for r in results} <= {r["image_id"] for r in got.values() if "error" not in r}
+    expected_ids = sorted(r["image_id"] for r in got.values() for _ in r.get("detections", []))
+    assert sorted(r["image_id"] for r in results) == expected_ids and results
 
 
 def test_resume_keeps_what_finished_and_cuts_a_partial_line(folder, tmp_path):
@@ -93,6 +94,29 @@ def test_resume_keeps_what_finished_and_cuts_a_partial_line(folder, tmp_path):
                  "--resume", "--no-progress"]) == 0
     after = records(jsonl)
     assert after[:2] == first and [r["image"] for r in after[2:]] == [str(folder / "b.jpg")]
+
+
+def test_coco_results_cover_the_images_of_the_runs_resumed(folder, tmp_path):
+    jsonl, coco = tmp_path / "out.jsonl", tmp_path / "coco.json"
+    paths = [str(folder / "a.png"), str(folder / "c.png")]
+    assert main(["detect", paths[0], "--jsonl", str(jsonl), "--no-progress"]) == 0
+    assert main(["detect", *paths, "--jsonl", str(jsonl), "--resume", "--coco-json", str(coco), "--no-progress"]) == 0
+    got = records(jsonl)
+    counts = {i: len(r["detections"]) for i, r in enumerate(got)}
+    assert [r["image"] for r in got] == paths and all(counts.values())
+    ids = [r["image_id"] for r in json.loads(coco.read_text())]
+    assert {i: ids.count(i) for i in set(ids)} == counts
+
+
+def test_pictures_of_images_with_one_name_do_not_meet(tmp_path):
+    image, _, _ = digits.scene(0, size=(120, 90))
+    for name in ("a.png", "a.jpg", "photo[1].png"):
+        cv2.imwrite(str(tmp_path / name), image)
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    assert main(["detect", str(tmp_path / "a.png"), str(tmp_path / "a.jpg"), str(tmp_path / "photo[1].png"),
+                 "--out-dir", str(drawn), "--no-progress"]) == 0
+    assert sorted(os.listdir(drawn)) == ["a.jpg.png", "a.png", "photo[1].png"]
 
 
 def test_worker_processes_give_the_same_records(folder, tmp_path):
@@ -132,7 +156,7 @@ def test_a_batch_without_jsonl_prints_a_line_per_image(folder, capsys):
 def cluster():
     """A Dask LocalCluster of 2 worker processes on loopback: its scheduler's address."""
     distributed = pytest.importorskip("distributed")
-    local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                      host="127.0.0.1")
     yield local.scheduler_address
     local.close()
@@ -186,3 +210,25 @@ def test_a_dask_worker_that_dies_has_its_images_run_again(folder, tmp_path, clus
     summary = run(paths, job, str(tmp_path / "out.jsonl"), progress=False, on_record=kill_once, scheduler=cluster)
     assert killed and summary["failed"] == 0
     assert sorted(r["image"] for r in records(tmp_path / "out.jsonl")) == sorted(paths)
+
+
+def test_a_model_the_dask_workers_cannot_read_is_one_clear_error(folder, tmp_path, cluster):
+    from detector.batch import Job, run
+    from detector.budget import Budget
+    from detector.detect import DetectOptions
+
+    job = Job(str(tmp_path / "only-here.npz"), DetectOptions(), Budget(), 50_000_000)
+    with pytest.raises(ValueError, match="the Dask workers could not load the model .*only-here.npz"):
+        run([str(folder / "a.png")], job, progress=False, scheduler=cluster)
+
+
+def test_a_scheduler_without_workers_is_refused_not_waited_on(folder, capsys, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr("detector.batch.WORKERS_TIMEOUT", 1)
+    empty = distributed.LocalCluster(n_workers=0, dashboard_address=":0", host="127.0.0.1")
+    try:
+        with pytest.raises(SystemExit):
+            main(["detect", str(folder / "a.png"), "--scheduler", empty.scheduler_address, "--no-progress"])
+    finally:
+        empty.close()
+    assert "has no workers" in capsys.readouterr().err

@@ -64,3 +64,10 @@ def test_the_dockerfile_serves_on_the_port_it_exposes():
     assert int(re.search(r"^EXPOSE (\d+)$", text, re.M).group(1)) == args.port and args.host == "0.0.0.0"
     # the Deployment runs the image with the same flags
     assert manifests()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"] == cmd
+
+
+def test_the_image_leaves_this_machines_venv_and_builds_out():
+    ignored = (DEPLOY.parent / ".dockerignore").read_text().split()
+    assert {".venv/", "build/", "detector/_ext/*.so"} <= set(ignored)
+    container = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert not container["image"].endswith(":latest") and container["imagePullPolicy"] == "IfNotPresent"

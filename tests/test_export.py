@@ -122,3 +122,22 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert "pip install 'detector[onnx]'" in export_fails(["--onnx", str(tmp_path / "m.onnx")], capsys)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_padded_net_is_refused_with_the_way_out_and_its_classifier_exports_quietly(recwarn):
+    net = Net("conv4@3x3+1 relu maxpool2 fc3", (1, 12, 12), ["bg", "a", "b"], seed=0)
+    with pytest.raises(ValueError, match="conv1 pads by 1.*; export it with --classifier$"):
+        onnx_model(net)
+    model = onnx_model(net, classifier=True)
+    assert not recwarn.list
+    x = np.random.default_rng(3).random((4, 1, 12, 12), dtype=np.float32)
+    for name, run in runtimes(model).items():
+        assert np.abs(run(x)[0] - net.predict(x)).max() < TOLERANCE, name
+
+
+def test_a_window_wider_than_tall_exports_and_gives_detects_maps():
+    net = Net("conv4@3x3 relu maxpool2 fc3", (1, 16, 24), ["bg", "a", "b"], seed=1)
+    image = np.random.default_rng(4).integers(0, 256, (41, 57), dtype=np.uint8)
+    expected = detect(image, net, scales=[1.0], stride=net.total_stride[0], return_maps=True).levels[0].scores
+    for name, run in runtimes(onnx_model(net)).items():
+        assert np.abs(run(as_input(image, 1))[0][0] - expected).max() < TOLERANCE, name
