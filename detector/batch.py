@@ -221,6 +221,9 @@ def latest_records(jsonl_path):
     return sorted(latest.values(), key=lambda r: r["image_id"])
 
 
+# Images in one Dask task.
+IMAGES_PER_DASK_TASK = 4
+
 # Seconds to wait for a Dask scheduler to have a worker.
 WORKERS_TIMEOUT = 10
 
@@ -298,11 +301,15 @@ def _dask_results(todo, job, scheduler):
         except Exception as error:  # whatever the workers raised while loading it
             raise ValueError(f"the Dask workers could not load the model {job.model_path}: {error}") from None
         workers = max(1, len(client.scheduler_info()["workers"]))
+        # a few images a task: the scheduler's work per task, on the cores the workers need,
+        # is paid once for them
+        tasks = [todo[i:i + IMAGES_PER_DASK_TASK] for i in range(0, len(todo), IMAGES_PER_DASK_TASK)]
         try:
-            yield from _windowed(
-                lambda item: client.submit(detect_on_worker, plugin.name, *item, pure=False, retries=1),
-                todo, IN_FLIGHT_PER_WORKER * workers,
-                lambda pending: wait(list(pending), return_when="FIRST_COMPLETED"))
+            for results in _windowed(
+                    lambda items: client.submit(detect_on_worker, plugin.name, items, pure=False, retries=1),
+                    tasks, IN_FLIGHT_PER_WORKER * workers,
+                    lambda pending: wait(list(pending), return_when="FIRST_COMPLETED")):
+                yield from results
         except (OSError, TimeoutError) as error:
             raise ValueError(f"lost the Dask scheduler at {scheduler} ({error}); what finished is in the JSONL: "
                              "run again with --resume") from None

@@ -37,6 +37,8 @@ class ModelOnWorker(WorkerPlugin):
         getattr(worker, "detector_jobs", {}).pop(self.name, None)
 
 
-def detect_on_worker(name, index, path):
-    """(record, detections) of image ``path``, on the model of the batch ``name``."""
-    return detect_file(get_worker().detector_jobs[name], index, path)
+def detect_on_worker(name, items):
+    """[(record, detections)] of each (index, path) of ``items``, on the model of the batch
+    ``name``."""
+    job = get_worker().detector_jobs[name]
+    return [detect_file(job, index, path) for index, path in items]
