@@ -106,3 +106,16 @@ def test_fc_layers_become_convolutions_with_the_same_flops_on_one_window():
 def test_image_smaller_than_the_window_names_both_sizes():
     with pytest.raises(ValueError, match="the image is 20x40 .* window is 32x32"):
         detector.load_model().to_fcn().scores(image(20, 40))
+
+
+def test_to_fcn_is_kept_while_the_parameters_stay_and_made_again_when_they_change():
+    net = Net("conv4@3x3 relu maxpool2 fc3", (1, 12, 12), ["bg", "a", "b"], seed=5)
+    x = np.random.default_rng(6).random((1, 1, 20, 20), dtype=np.float32)
+    first = net.to_fcn()
+    assert net.to_fcn() is first
+    before = first.scores(x)
+    net.params["conv1.w"] *= 2  # in place, as an optimiser step does
+    again = net.to_fcn()
+    assert again is not first
+    assert not np.array_equal(again.scores(x), before)
+    np.testing.assert_array_equal(first.scores(x), before)  # the old FCN kept its snapshot
