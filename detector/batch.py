@@ -19,6 +19,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from .messages import error_message
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -131,7 +133,7 @@ def detect_file(job, index, path):
         if job.out_dir:
             _write_png(picture_path(job.out_dir, job.root, path), draw.boxes(image, result.detections, job.net().classes))
     except (ValueError, OSError) as error:
-        return {"image": path, "image_id": index, "error": _message(error)}, []
+        return {"image": path, "image_id": index, "error": error_message(error)}, []
     return record, [(d.box, d.label, d.score) for d in result.detections]
 
 
@@ -140,12 +142,6 @@ def picture_path(out_dir, root, path):
     unless it is a PNG already (a.jpg and a.png do not meet)."""
     relative = os.path.relpath(os.path.abspath(path), root)
     return os.path.join(out_dir, relative if relative.lower().endswith(".png") else relative + ".png")
-
-
-def _message(error):
-    if isinstance(error, OSError) and error.strerror and error.filename:
-        return f"{error.filename}: {error.strerror}"
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _write_png(path, picture):

@@ -15,6 +15,7 @@ import sys
 import time
 
 from . import cli_args as arg
+from .messages import error_message, one_line
 
 
 class _Help(argparse.HelpFormatter):
@@ -655,7 +656,8 @@ def _demo(args):
 def _export(args):
     from . import DEFAULT_MODEL, load_model
     from .atomic import atomic_write
-    from .export import onnx_model, sha256
+    from .export import onnx_model
+    from .report_json import model_json
 
     _check_writable(args.onnx)
     try:
@@ -664,7 +666,7 @@ def _export(args):
         raise ValueError("detector export needs the onnx package: pip install 'detector[onnx]'") from None
     model_path = str(args.model or DEFAULT_MODEL)
     net = load_model(model_path)
-    model = onnx_model(net, classifier=args.classifier, source_sha256=sha256(model_path))
+    model = onnx_model(net, classifier=args.classifier, source_sha256=model_json(model_path)["checksum"])
     with atomic_write(args.onnx) as f:
         f.write(model.SerializeToString())
     kind = "window classifier" if args.classifier else "fully convolutional net"
@@ -678,17 +680,6 @@ HANDLERS = {"train": _train, "detect": _detect, "eval": _eval, "data": _data, "b
 
 def _debug():
     return os.environ.get("DETECTOR_DEBUG", "") not in ("", "0")
-
-
-def _one_line(text):
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
-def _message(error):
-    """An exception's message on one line."""
-    if isinstance(error, OSError) and error.strerror and error.filename:
-        return _one_line(f"{error.filename}: {error.strerror}")
-    return _one_line(error) or type(error).__name__
 
 
 def _rpc_status(error):
@@ -724,14 +715,14 @@ def main(argv=None):
     except (ValueError, TypeError, OSError) as error:
         if _debug():
             raise
-        _fail(2, f"detector: error: {_message(error)}")
+        _fail(2, f"detector: error: {error_message(error)}")
     except Exception as error:  # the last resort: still one line, and the way to see more
         if _debug():
             raise
         status = _rpc_status(error)
         if status is not None:
-            _fail(1, f"detector: error: {_one_line(status)}")
-        _fail(1, f"detector: internal error: {type(error).__name__}: {_message(error)}; "
+            _fail(1, f"detector: error: {one_line(status)}")
+        _fail(1, f"detector: internal error: {type(error).__name__}: {error_message(error)}; "
                  "set DETECTOR_DEBUG=1 for the traceback")
 
 

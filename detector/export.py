@@ -19,7 +19,6 @@ The model's facts travel in ``metadata_props``, each value JSON: class names, ba
 class, window, stride, pad, channels, normalisation, object size, box aspects and the source
 model's SHA-256. ``onnx`` is an optional dependency (``pip install detector[onnx]``).
 """
-import hashlib
 import json
 import warnings
 
@@ -144,12 +143,3 @@ def _check_map_sizes(net, fcn):
             raise ValueError(f"this net's pools leave rows over: over a {wh + extra}x{ww + extra} image its fully "
                              f"convolutional map is {shape[1]}x{shape[2]} where {fits[0]}x{fits[1]} windows fit, "
                              "which detect crops and the ONNX graph would not; export it with --classifier")
-
-
-def sha256(path):
-    """The SHA-256 of a file, in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -117,8 +117,7 @@ def _chunked_tiles(out_h, out_w, pool, m):
     outputs in m x m tiles, rows of them padded to whole chunks (as ext/winograd.pyx cuts
     them)."""
     rows, cols = -(-(out_h // pool * pool) // m), -(-(out_w // pool * pool) // m)
-    per_chunk = min(_kernel.MAX_TILES_PER_CHUNK, -(-cols // 32) * 32)
-    return rows * -(-cols // per_chunk) * per_chunk
+    return rows * -(-cols // _kernel.TILES_PER_CHUNK) * _kernel.TILES_PER_CHUNK
 
 
 def layout(n, width, pad, r, out_h, out_w, pool=1):

@@ -35,7 +35,7 @@ cdef Py_ssize_t TILES = 32
 
 # Filters of U are padded with zeros to a multiple of this (every register block fits in it).
 FILTER_BLOCK = WG_KB_MAX
-MAX_TILES_PER_CHUNK = TILES
+TILES_PER_CHUNK = TILES
 
 
 # Every tile reads an N x N input patch, and gives at most M_MAX x M_MAX outputs.
@@ -54,11 +54,6 @@ def input_matrix():
 def instruction_set():
     """The copy of the kernel this CPU runs: "avx512", "avx2" or "baseline"."""
     return wg_isa.decode()
-
-
-def tiles_per_chunk(Py_ssize_t tiles_per_row):
-    """Tiles in each chunk of a tile row (a multiple of 32, at most TILES)."""
-    return min(TILES, (tiles_per_row + 31) // 32 * 32)
 
 
 cdef void transform_filter(const float *f, Py_ssize_t C, Py_ssize_t r, const double *gm,
@@ -165,7 +160,7 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     # the tiles that hold an output that is kept (with a pool, the rows and columns of
     # incomplete windows are never computed)
     cdef Py_ssize_t rows = (OHo * q + m - 1) // m, cols = (OWo * q + m - 1) // m
-    cdef Py_ssize_t tb = tiles_per_chunk(cols), per_row = (cols + tb - 1) // tb
+    cdef Py_ssize_t tb = TILES, per_row = (cols + tb - 1) // tb
     cdef Py_ssize_t floats = wg_scratch_floats(C, Kp, projects, m, tb)
     # 16 floats of slack per thread to start each thread's scratch on a 64-byte line
     cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)

@@ -31,24 +31,15 @@ def run_inference_kernels(seed=0):
     return results
 
 
-def test_inference_kernels_give_identical_bits_for_any_thread_count(threads):
-    threads(1)
-    single = run_inference_kernels()
-    for n in (2, 3, 7):
-        threads(n)
-        for a, b in zip(single, run_inference_kernels()):
-            np.testing.assert_array_equal(a, b)
+def test_inference_kernels_give_identical_bits_for_any_thread_count(same_bits_for_any_thread_count):
+    same_bits_for_any_thread_count(run_inference_kernels)
 
 
-def test_fully_convolutional_pass_gives_identical_bits_for_any_thread_count(threads):
+def test_fully_convolutional_pass_gives_identical_bits_for_any_thread_count(same_bits_for_any_thread_count):
     net = detector.load_model()
     fcn = net.to_fcn()
     x = net.normalise(np.random.default_rng(1).random((1, 1, 157, 203), dtype=np.float32))
-    threads(1)
-    single = fcn.scores(x)
-    for n in (2, 5):
-        threads(n)
-        np.testing.assert_array_equal(fcn.scores(x), single)
+    same_bits_for_any_thread_count(lambda: [fcn.scores(x)], counts=(2, 5))
 
 
 @pytest.mark.parametrize("spec, fused", [

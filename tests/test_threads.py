@@ -31,13 +31,8 @@ def run_all_layers(seed=0):
     return results + [np.array(loss), dscores]
 
 
-def test_every_kernel_gives_identical_bits_for_any_thread_count(threads):
-    threads(1)
-    single = run_all_layers()
-    for n in (2, 3, 7):
-        threads(n)
-        for a, b in zip(single, run_all_layers()):
-            np.testing.assert_array_equal(a, b)
+def test_every_kernel_gives_identical_bits_for_any_thread_count(same_bits_for_any_thread_count):
+    same_bits_for_any_thread_count(run_all_layers)
 
 
 def test_concurrent_python_threads_get_their_own_correct_answers(threads):
