@@ -170,33 +170,6 @@ def answers(client):
         return False
 
 
-@pytest.fixture
-def gated_server(monkeypatch, request):
-    """A server of two workers and two places whose Detect calls wait for ``release`` once
-    they have started: ``started`` counts them, so a test knows when both places are taken
-    without racing the clock."""
-    from detector_server import servicer
-
-    started, release, lock = [], threading.Event(), threading.Lock()
-    real = servicer.detect
-
-    def gated(*args, **kwargs):
-        with lock:
-            started.append(1)
-        release.wait(60)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(servicer, "detect", gated)
-    # max_memory_mb: room for one small call's estimate (~100 MB) at a time, for the test
-    # of the shared memory budget; the others take one call per place
-    memory = 150 if "memory_budget" in request.node.name else 1024
-    running = start_server(port=0, workers=2, max_concurrent=2, max_memory_mb=memory)
-    running.started, running.release = started, release
-    yield running
-    release.set()
-    running.stop(0).wait()
-
-
 def test_too_many_concurrent_calls_are_refused_not_queued(gated_server):
     with DetectorClient(gated_server.address) as c:
         running = [c.stub.Detect.future(c.request(SMALL), timeout=60) for _ in range(2)]
