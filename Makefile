@@ -13,7 +13,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/detector demo
 	@echo "The detector command is in $(VENV)/bin: 'source $(VENV)/bin/activate' puts it on your PATH."
 
-test: $(VENV)/.installed $(VENV)/.reference $(VENV)/.onnxruntime
+test: $(VENV)/.installed $(VENV)/.reference $(VENV)/.onnxruntime $(VENV)/.browser
 	$(PY) -m pytest
 
 install: $(VENV)/.installed
@@ -47,6 +47,21 @@ $(VENV)/.onnxruntime: $(VENV)/.installed
 	@if ! $(PY) -c "import onnx, onnxruntime" 2>/dev/null; then \
 		$(PIP) install -q "onnx>=1.15" "onnxruntime>=1.17" 2>/dev/null \
 		|| echo "pip could not install onnx and onnxruntime: the ONNX Runtime reference tests will be skipped."; \
+	fi
+	touch $@
+
+# Chromium and chromedriver, from Debian's packages, for the test of the page in a real browser
+# (tests/test_page.py). Installed where apt-get runs as root; elsewhere that test is skipped
+# with its reason.
+$(VENV)/.browser: $(PY)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing chromium and chromedriver for the browser test (apt-get)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null) \
+		|| echo "apt-get could not install chromium: the browser test will be skipped."; \
+	else \
+		echo "No chromium and chromedriver, and no apt-get as root: the browser test will be skipped."; \
 	fi
 	touch $@
 

@@ -222,7 +222,12 @@ def _parser():
     bdetect.add_argument("--plot", help="write a plot of time against size (PNG)")
 
     bserve = _command(targets, "serve", "served throughput and latency under concurrent load")
-    bserve.add_argument("--addr", help="a running server (default: start one on loopback)")
+    bserve.add_argument("--addr", help="a running server's gRPC address (default: start one on loopback)")
+    bserve.add_argument("--http-addr", help="that server's HTTP face, http://HOST:PORT (with --addr)")
+    bserve.add_argument("--protocol", type=arg.choice_list(("grpc", "http")), default="grpc",
+                        help="grpc, http or grpc,http: each concurrency over each, in turns, with their ratio")
+    bserve.add_argument("--rounds", type=arg.count, default=1,
+                        help="runs of each concurrency per protocol; the throughput is their median")
     bserve.add_argument("--concurrency", type=arg.whole_list(1), default="1,4,16",
                         help="client threads, comma-separated")
     bserve.add_argument("--requests", type=arg.count, default=200, help="requests per concurrency level")
@@ -236,9 +241,11 @@ def _parser():
     overload.add_argument("--in-flight", type=arg.count, default=8, help="Detect calls running at SIGTERM")
     overload.add_argument("--json", action="store_true", help="print one JSON object")
 
-    serve = _command(commands, "serve", "serve detection over gRPC (detector.v1)")
+    serve = _command(commands, "serve", "serve detection over gRPC (detector.v1), and HTTP/JSON with a page")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     serve.add_argument("--port", type=arg.port, default=50051, help="0 takes a free port")
+    serve.add_argument("--http-port", type=arg.port,
+                       help="also serve HTTP/JSON, Prometheus metrics and the page on this port (0: a free one)")
     serve.add_argument("--model", help="checkpoint (.npz) (default: the shipped model)")
     serve.add_argument("--workers", type=arg.count, help="requests run at once (default: the cores)")
     serve.add_argument("--threads", type=arg.count, help="kernel threads per request (default: cores / workers)")
@@ -595,7 +602,7 @@ def _serve(args):
                  workers=args.workers, threads=args.threads, max_message_mb=args.max_message_mb,
                  max_pixels=args.max_pixels, max_gflops=args.max_gflops, max_memory_mb=args.max_memory_mb,
                  max_concurrent=args.max_concurrent, max_request_seconds=args.max_request_seconds,
-                 token=_token(args), tls=tls)
+                 token=_token(args), tls=tls, http_port=args.http_port)
 
 
 def _client(args):

@@ -76,6 +76,19 @@ def whole_list(low):
     return parse
 
 
+def choice_list(choices):
+    """A type for comma-separated names, each one of ``choices``, none twice: "grpc,http"."""
+    def parse(text):
+        names = tuple(part.strip() for part in text.split(","))
+        if not all(n in choices for n in names) or len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(f"must be one or more of {', '.join(choices)}, separated by commas, "
+                                             f"got {text!r}")
+        return names
+
+    parse.__name__ = "list"
+    return parse
+
+
 def image_size(text):
     """(width, height) from "WxH", each side 32 to 8192 pixels."""
     try:

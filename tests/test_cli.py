@@ -58,6 +58,9 @@ def png_claiming(width, height):
 @pytest.mark.parametrize("argv, culprit", [
     (["serve", "--port", "-1"], "--port"),
     (["serve", "--port", "70000"], "--port"),
+    (["serve", "--http-port", "65536"], "--http-port"),
+    (["bench", "serve", "--protocol", "grpc,ftp"], "--protocol"),
+    (["bench", "serve", "--protocol", "http,http"], "--protocol"),
     (["serve", "--port", "80.5"], "--port"),
     (["serve", "--max-message-mb", "inf"], "--max-message-mb"),
     (["serve", "--max-message-mb", "5000"], "--max-message-mb"),
@@ -306,6 +309,17 @@ def test_serve_on_a_port_in_use_fails_at_once():
     assert f"127.0.0.1:{port}" in err and "in use" in err
 
 
+def test_serve_on_an_http_port_in_use_or_the_grpc_port_fails_at_once():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = one_line(run_serve("--port", "0", "--http-port", str(port)))
+    assert f"127.0.0.1:{port}" in err and "in use" in err
+    err = one_line(run_serve("--port", "50999", "--http-port", "50999"))
+    assert "HTTP port must differ" in err
+
+
 def test_serve_with_garbage_tls_fails_at_once(tmp_path):
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("garbage\n")
@@ -332,3 +346,16 @@ def test_bench_json_uses_the_same_vocabulary(server, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["image_size"] == {"width": 64, "height": 48}
     assert result["runs"][0]["status"] == {"OK": 2} and result["runs"][0]["p50_ms"] > 0
+
+
+def test_bench_serve_runs_both_protocols_against_one_server_and_gives_their_ratio(capsys):
+    assert main(["bench", "serve", "--protocol", "grpc,http", "--concurrency", "1,4", "--requests", "4",
+                 "--rounds", "2", "--size", "64x48", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["protocol"], r["concurrency"]) for r in result["runs"]] == [
+        ("grpc", 1), ("http", 1), ("grpc", 4), ("http", 4)]
+    assert all(r["status"] == {"OK": 8} for r in result["runs"])
+    rps = {(r["protocol"], r["concurrency"]): r["rps"] for r in result["runs"]}
+    for row in result["http_to_grpc"]:
+        assert row["ratio"] == pytest.approx(rps["http", row["concurrency"]] / rps["grpc", row["concurrency"]])
+    assert [t["what"] for t in result["targets"]] == ["HTTP throughput / gRPC's at 4 clients"]

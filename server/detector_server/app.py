@@ -9,9 +9,11 @@ and threads = 1, so a full server uses each core once: requests share the cores 
 queueing behind one another, and nothing is oversubscribed.
 """
 import asyncio
+import contextlib
 import errno
 import hashlib
 import hmac
+import importlib.util
 import logging
 import os
 import signal
@@ -32,7 +34,7 @@ from detector.threads import set_num_threads
 from . import detector_pb2 as pb
 from . import detector_pb2_grpc
 from .admission import Admission
-from .servicer import SERVICE, DetectorServicer, add_to_server
+from .servicer import MODES, SERVICE, DetectorServicer, add_to_server
 
 log = logging.getLogger("detector_server")
 
@@ -70,7 +72,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
 
 class RequestLog(grpc.aio.ServerInterceptor):
-    """One line per unary call: method, request size, mode, status, milliseconds."""
+    """One line per unary call (method, request size, mode, status, milliseconds), and its
+    count and latency in the server's :class:`.metrics.Metrics` when it has them (with HTTP)."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -81,19 +87,22 @@ class RequestLog(grpc.aio.ServerInterceptor):
         async def logged(request, context):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            try:
-                return await inner(request, context)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED  # the client went away
-                raise
-            except Exception:
-                code = grpc.StatusCode.UNKNOWN  # grpc answers an unexpected error so, unless aborted
-                raise
-            finally:
-                code = context.code() or code
-                size = len(request) if isinstance(request, bytes) else request.ByteSize()
-                log.info("%s bytes=%d mode=%s status=%s ms=%.1f", method, size, _mode_name(request),
-                         getattr(code, "name", code), (time.perf_counter() - start) * 1e3)
+            counted = self.metrics.call(method.rsplit("/", 1)[-1], "grpc") if self.metrics else contextlib.nullcontext({})
+            with counted as record:
+                try:
+                    return await inner(request, context)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED  # the client went away
+                    raise
+                except Exception:
+                    code = grpc.StatusCode.UNKNOWN  # grpc answers an unexpected error so, unless aborted
+                    raise
+                finally:
+                    code = context.code() or code
+                    size = len(request) if isinstance(request, bytes) else request.ByteSize()
+                    record["mode"], record["status"] = _mode_label(request), getattr(code, "name", str(code))
+                    log.info("%s bytes=%d mode=%s status=%s ms=%.1f", method, size, _mode_name(request),
+                             record["status"], (time.perf_counter() - start) * 1e3)
 
         return grpc.unary_unary_rpc_method_handler(
             logged, request_deserializer=handler.request_deserializer,
@@ -104,6 +113,13 @@ def _mode_name(request):
     if not isinstance(request, pb.DetectRequest):
         return "-"
     return pb.Mode.Name(request.mode) if request.mode in pb.Mode.values() else f"unknown({request.mode})"
+
+
+def _mode_label(request):
+    """The mode as the metrics count it: a bounded set of values, as the HTTP face names them."""
+    if not isinstance(request, pb.DetectRequest):
+        return "-"
+    return MODES.get(request.mode, "unknown")
 
 
 class Health(health_pb2_grpc.HealthServicer):
@@ -136,6 +152,10 @@ class Health(health_pb2_grpc.HealthServicer):
                 if self._status.get(request.service, unknown) == last and not self._closing:
                     await self._changed.wait()
 
+    def serving(self):
+        """Whether the server as a whole ("") is SERVING."""
+        return self._status.get("") == health_pb2.HealthCheckResponse.SERVING
+
     async def set(self, service, status):
         async with self._changed:
             self._status[service] = status
@@ -155,12 +175,14 @@ class Health(health_pb2_grpc.HealthServicer):
 
 
 class RunningServer:
-    """A started server, on an event loop in a thread of its own: ``address``, and
-    ``stop(grace)`` that drains it."""
+    """A started server, on an event loop in a thread of its own: ``address`` (gRPC),
+    ``http_address`` (``http://host:port``, or None without HTTP), and ``stop(grace)`` that
+    drains it."""
 
-    def __init__(self, loop, thread, server, health_servicer, servicer, address):
+    def __init__(self, loop, thread, server, health_servicer, servicer, address, http=None, http_address=None):
         self.loop, self.thread, self.server = loop, thread, server
         self.health, self.servicer, self.address = health_servicer, servicer, address
+        self.http, self.http_address = http, http_address
         self.stopped = threading.Event()
         self._stopping = False
 
@@ -180,7 +202,8 @@ class RunningServer:
             if notice:
                 await asyncio.sleep(notice)
             await self.health.close_watches()
-            await self.server.stop(grace)
+            stops = [self.server.stop(grace)] + ([self.http.stop(grace)] if self.http else [])
+            await asyncio.gather(*stops)
         finally:
             self.loop.stop()
 
@@ -207,8 +230,9 @@ def _cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _check_address(host, port):
-    """Refuse, with the reason, an address this machine cannot listen on."""
+def _check_address(host, port, keep=False):
+    """Refuse, with the reason, an address this machine cannot listen on; with ``keep``,
+    return the bound socket, listening."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be a whole number from 0 to 65535, got {port!r}")
     try:
@@ -216,19 +240,27 @@ def _check_address(host, port):
     except (socket.gaierror, UnicodeError) as error:
         raise OSError(f"cannot listen on {host}:{port}: the host is not known ({error})") from None
     family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
+    probe = socket.socket(family, kind, proto)
+    try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as error:
-            reason = "the port is in use" if error.errno == errno.EADDRINUSE else \
-                "the host is not an address of this machine" if error.errno == errno.EADDRNOTAVAIL else \
-                error.strerror or str(error)
-            raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
+        probe.bind(address)
+        if keep:
+            probe.listen(1024)
+            probe.setblocking(False)
+            return probe
+    except OSError as error:
+        reason = "the port is in use" if error.errno == errno.EADDRINUSE else \
+            "the host is not an address of this machine" if error.errno == errno.EADDRNOTAVAIL else \
+            error.strerror or str(error)
+        raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
+    finally:
+        if not keep:
+            probe.close()
 
 
 def _check_tls(chain, key):
-    """Refuse TLS material that is not PEM or whose key does not match the certificate."""
+    """The server's ``ssl.SSLContext`` of TLS material; refuse material that is not PEM or
+    whose key does not match the certificate."""
     if not chain or not key:
         raise ValueError("TLS needs both a certificate chain and a private key (PEM)")
     with tempfile.TemporaryDirectory() as folder:
@@ -236,8 +268,10 @@ def _check_tls(chain, key):
         for path, data in zip(paths, (chain, key)):
             with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
                 f.write(data)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*paths)
+            context.load_cert_chain(*paths)
+            return context
         except ssl.SSLError as error:
             if "KEY_VALUES_MISMATCH" in str(error):
                 raise ValueError("the TLS private key does not match the certificate") from None
@@ -246,7 +280,8 @@ def _check_tls(chain, key):
 
 def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=None, max_message_mb=16,
                  max_pixels=Budget.max_pixels, max_gflops=Budget.max_gflops, max_memory_mb=Budget.max_memory_mb,
-                 max_concurrent=None, max_request_seconds=DEFAULT_MAX_REQUEST_SECONDS, token=None, tls=None):
+                 max_concurrent=None, max_request_seconds=DEFAULT_MAX_REQUEST_SECONDS, token=None, tls=None,
+                 http_port=None):
     """Load the model and start serving; return a :class:`RunningServer`.
 
     ``port=0`` takes a free port. ``workers`` Detect calls run at once, each on ``threads``
@@ -258,7 +293,8 @@ def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=Non
     ``max_gflops`` or ``max_memory_mb`` (see :class:`detector.budget.Budget`) is refused
     before any work, and the calls running at once share ``max_memory_mb`` between them; no
     call runs longer than ``max_request_seconds``. ``tls`` is (certificate chain PEM bytes,
-    private key PEM bytes).
+    private key PEM bytes). ``http_port`` (0: a free one) also serves HTTP/JSON on ``host``
+    (:mod:`.http`), with the same model, limits, token, TLS and drain.
     """
     workers = workers or _cores()
     max_concurrent = max_concurrent or 8 * workers
@@ -269,36 +305,67 @@ def start_server(model=None, host="127.0.0.1", port=0, workers=None, threads=Non
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
     budget = Budget(max_pixels, max_gflops, max_memory_mb)
+    if http_port is not None and http_port == port != 0:
+        raise ValueError(f"the HTTP port must differ from the gRPC port, both are {port}")
     _check_address(host, port)
-    if tls:
-        _check_tls(*tls)
+    ssl_context = _check_tls(*tls) if tls else None
+    if http_port is not None and not all(importlib.util.find_spec(m) for m in ("aiohttp", "prometheus_client")):
+        raise ValueError("HTTP needs aiohttp and prometheus_client: pip install 'detector[http]'")
+    http_socket = None if http_port is None else _check_address(host, http_port, keep=True)
+    try:
+        return _start_loaded(model, host, port, workers, threads, max_message_mb, budget, max_concurrent,
+                             max_request_seconds, token, tls, http_socket, ssl_context)
+    except BaseException:
+        if http_socket is not None:
+            http_socket.close()
+        raise
+
+
+def _start_loaded(model, host, port, workers, threads, max_message_mb, budget, max_concurrent,
+                  max_request_seconds, token, tls, http_socket, ssl_context):
+    """start_server, its arguments checked: load the model, start the loop and the servers."""
     set_num_threads(threads or max(1, _cores() // workers))
     path = str(model or detector.DEFAULT_MODEL)
     net = detector.load_model(path)
     with open(path, "rb") as f:
         identity = {"name": os.path.basename(path), "checksum": hashlib.sha256(f.read()).hexdigest()}
     limit = int(max_message_mb * 2**20)
-    admission = Admission(min(workers, max_concurrent), max_concurrent, int(max_memory_mb * 2**20))
-    servicer = DetectorServicer(net, identity, budget, admission, limit, max_request_seconds)
+    admission = Admission(min(workers, max_concurrent), max_concurrent, int(budget.max_memory_mb * 2**20))
+    metrics = None
+    if http_socket is not None:  # the metrics are read over HTTP
+        from .metrics import Metrics
+
+        metrics = Metrics(admission)
+    servicer = DetectorServicer(net, identity, budget, admission, limit, max_request_seconds, metrics)
     loop, holder = asyncio.new_event_loop(), []
     thread = threading.Thread(target=_run_loop, args=(loop, holder), name="detector-server", daemon=True)
     thread.start()
     try:
-        server, health_servicer, bound = asyncio.run_coroutine_threadsafe(
-            _start(servicer, host, port, limit, token, tls), loop).result()
+        server, health_servicer, bound, http = asyncio.run_coroutine_threadsafe(
+            _start(servicer, host, port, limit, token, tls, metrics, http_socket, ssl_context), loop).result()
     except BaseException:
         servicer.workers.shutdown()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         raise
     servicer.served_by = f"{host}:{bound}"
-    holder.append(RunningServer(loop, thread, server, health_servicer, servicer, servicer.served_by))
+    http_address = None
+    if http:
+        scheme = "https" if ssl_context else "http"
+        http_address = f"{scheme}://{_url_host(host)}:{http_socket.getsockname()[1]}"
+    holder.append(RunningServer(loop, thread, server, health_servicer, servicer, servicer.served_by, http,
+                                http_address))
     return holder[0]
 
 
-async def _start(servicer, host, port, limit, token, tls):
-    """The aio server, started on the running loop: (server, health servicer, port)."""
-    interceptors = [RequestLog()] + ([TokenAuth(token)] if token else [])
+def _url_host(host):
+    return f"[{host}]" if ":" in host else host
+
+
+async def _start(servicer, host, port, limit, token, tls, metrics, http_socket, ssl_context):
+    """The aio server (and the HTTP face on ``http_socket``), started on the running loop:
+    (server, health servicer, port, HttpFace or None)."""
+    interceptors = [RequestLog(metrics)] + ([TokenAuth(token)] if token else [])
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)])
@@ -315,9 +382,19 @@ async def _start(servicer, host, port, limit, token, tls):
     if not bound:
         raise OSError(f"cannot listen on {target}")
     await server.start()
+    http = None
+    if http_socket is not None:
+        from .http import HttpFace
+
+        http = HttpFace(servicer, health_servicer, metrics, limit, token)
+        try:
+            await http.start(http_socket, ssl_context)
+        except BaseException:
+            await server.stop(0)
+            raise
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, health_servicer, bound
+    return server, health_servicer, bound, http
 
 
 def serve(grace=DEFAULT_GRACE, notice=DEFAULT_NOTICE, **options):
@@ -338,6 +415,9 @@ def serve(grace=DEFAULT_GRACE, notice=DEFAULT_NOTICE, **options):
         log.info("listening on %s (workers=%s, kernel threads=%s)", running.address,
                  options.get("workers") or "cores", detector.get_num_threads())
         print(f"listening on {running.address}", flush=True)
+        if running.http_address:
+            log.info("HTTP on %s", running.http_address)
+            print(f"http on {running.http_address}", flush=True)
         while not signalled.wait(1.0):
             pass
         log.info("signal %s: draining (notice %.1f s, grace up to %.0f s)", received[0], notice, grace)

@@ -43,6 +43,17 @@ class Stop(Exception):
         self.code = code
 
 
+class Failure(Exception):
+    """A call that ends with a status other than OK: ``code`` (a ``grpc.StatusCode``, the
+    vocabulary of both protocols) and ``message``. ``refused`` is set when the call was
+    refused before any work: "busy" (the server is full: retry later) or "too_large" (the
+    call is over a limit and never runs)."""
+
+    def __init__(self, code, message, refused=None):
+        super().__init__(message)
+        self.code, self.message, self.refused = code, message, refused
+
+
 class Deadline:
     """The end of a call: the client's deadline or the server's ceiling of ``limit``
     seconds, whichever comes first. ``check()``, safe from any thread, raises :class:`Stop`
@@ -135,8 +146,8 @@ def _bounded(error):
 
 
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
-    def __init__(self, net, identity, budget, admission, max_send_bytes, max_request_seconds):
-        self.net, self.budget, self.admission = net, budget, admission
+    def __init__(self, net, identity, budget, admission, max_send_bytes, max_request_seconds, metrics):
+        self.net, self.budget, self.admission, self.metrics = net, budget, admission, metrics
         self.max_send_bytes, self.max_request_seconds = max_send_bytes, max_request_seconds
         # detection runs on threads of its own; the event loop stays free for the cheap calls
         self.workers = ThreadPoolExecutor(admission.running, "detect")
@@ -147,9 +158,25 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     async def Detect(self, request, context):
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        start = time.perf_counter()
         deadline = Deadline(context.time_remaining(), self.max_request_seconds)
         context.add_done_callback(lambda _: deadline.cancel())
+        try:
+            return await self.detect_reply(request, deadline, "grpc")
+        except Failure as failure:
+            await context.abort(failure.code, failure.message)
+
+    async def detect_reply(self, request, deadline, protocol):
+        """The :class:`DetectReply` of a request, whatever ``protocol`` brought it: admitted,
+        detected on a worker thread and timed. Raises :class:`Failure` with the status."""
+        try:
+            return await self._detect_reply(request, deadline)
+        except Failure as failure:
+            if failure.refused and self.metrics:
+                self.metrics.refused.labels(protocol, failure.refused).inc()
+            raise
+
+    async def _detect_reply(self, request, deadline):
+        start = time.perf_counter()
         try:
             self.admission.enter()
             try:
@@ -166,20 +193,22 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 begun, decoded, timings, reply = await asyncio.shield(work)
             finally:
                 self.admission.leave()
-        except (Busy, ImageTooLarge, OverBudget) as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _bounded(error))
+        except Busy as error:
+            raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, _bounded(error), "busy") from None
+        except (ImageTooLarge, OverBudget) as error:
+            raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, _bounded(error), "too_large") from None
         except Stop as stop:
-            await context.abort(stop.code, str(stop))
+            raise Failure(stop.code, str(stop)) from None
         except (BadImage, ValueError, TypeError) as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(error))
+            raise Failure(grpc.StatusCode.INVALID_ARGUMENT, _bounded(error)) from None
         t = timings
         reply.timings.CopyFrom(pb.Timings(
             decode_ms=(decoded - begun) * 1e3, pyramid_ms=t["pyramid"] * 1e3, inference_ms=t["inference"] * 1e3,
             nms_ms=t["nms"] * 1e3, total_ms=(time.perf_counter() - start) * 1e3, queue_ms=waited * 1e3))
         if reply.ByteSize() > self.max_send_bytes:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the reply is {reply.ByteSize():,} bytes, over the server's send limit of "
-                                f"{self.max_send_bytes:,}: ask for fewer detections or no score maps")
+            raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"the reply is {reply.ByteSize():,} bytes, over the server's send limit of "
+                          f"{self.max_send_bytes:,}: ask for fewer detections or no score maps")
         return reply
 
     def _release(self, work, nbytes):
@@ -229,7 +258,11 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     async def GetModelInfo(self, request, context):
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        if self._info is None or self._info.served_by != self.served_by:  # built once: it never changes
+        return self.model_info()
+
+    def model_info(self):
+        """The served model's :class:`ModelInfo`, built once: it never changes."""
+        if self._info is None or self._info.served_by != self.served_by:
             net = self.net
             self._info = pb.ModelInfo(
                 model=self.identity, classes=net.classes, window_height=net.window[0], window_width=net.window[1],
