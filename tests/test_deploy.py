@@ -29,6 +29,9 @@ def test_the_deployment_probes_the_port_the_server_listens_on_with_its_health_se
     args = serve_args(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["grpc"] == args.port and args.host == "0.0.0.0"
+    assert ports["http"] == args.http_port  # the page, the JSON API and the metrics
+    annotations = pod["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == args.http_port and annotations["prometheus.io/path"] == "/metrics"
     for probe in (container["readinessProbe"], container["livenessProbe"]):
         assert probe["grpc"]["port"] == args.port
         assert probe["grpc"]["service"] in ("", SERVICE)  # what the server answers SERVING for
@@ -61,7 +64,8 @@ def test_the_dockerfile_serves_on_the_port_it_exposes():
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
     assert entry == ["detector", "serve"]
     args = serve_args(cmd)
-    assert int(re.search(r"^EXPOSE (\d+)$", text, re.M).group(1)) == args.port and args.host == "0.0.0.0"
+    exposed = [int(p) for p in re.findall(r"^EXPOSE (\d+)$", text, re.M)]
+    assert exposed == [args.port, args.http_port] and args.host == "0.0.0.0"
     # the Deployment runs the image with the same flags
     assert manifests()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"] == cmd
 
