@@ -54,16 +54,15 @@ $(VENV)/.onnxruntime: $(VENV)/.installed
 # (tests/test_page.py). Installed where apt-get runs as root; elsewhere that test is skipped
 # with its reason.
 $(VENV)/.browser: $(PY)
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then touch $@; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "Installing chromium and chromedriver for the browser test (apt-get)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			chromium chromium-driver >/dev/null) \
-		|| echo "apt-get could not install chromium: the browser test will be skipped."; \
+		if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; then touch $@; \
+		else echo "apt-get could not install chromium: the browser test will be skipped (tried again next time)."; fi; \
 	else \
-		echo "No chromium and chromedriver, and no apt-get as root: the browser test will be skipped."; \
+		echo "No chromium and chromedriver, and no apt-get as root: the browser test will be skipped."; touch $@; \
 	fi
-	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info detector/_ext/*.so

@@ -19,6 +19,7 @@ import detector
 from detector.datasets import digits
 from detector_server import DetectorClient, score_maps
 from detector_server import detector_pb2 as pb
+from hostile_cases import png_claiming
 from polling import eventually
 from server_process import ServerProcess
 
@@ -128,13 +129,16 @@ def test_model_info_is_the_grpc_model_info(server, web):
     assert info["model"]["checksum"] == expected.model.checksum and info["background"] == expected.background
 
 
-def huge_png_header(width, height):
-    import struct
-    import zlib
+def form(*parts, boundary="b0undary"):
+    """A multipart/form-data body of raw parts (each its header lines, a blank line, its data)."""
+    body = b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts)
+    return body + b"--" + boundary.encode() + b"--\r\n", f"multipart/form-data; boundary={boundary}"
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
+
+NESTED = form(b'Content-Disposition: form-data; name="outer"\r\nContent-Type: multipart/mixed; boundary=inner'
+              b"\r\n\r\n--inner\r\nContent-Type: text/plain\r\n\r\nx\r\n--inner--")
+NO_COLON = form(b"Content-Disposition form-data\r\n\r\nx")
+BAD_GZIP = ("POST", "/v1/detect", b"not gzip at all", "image/png", 400, "INVALID_ARGUMENT", "cannot be read")
 
 
 BAD = [  # (method, path, body, content type, HTTP status, gRPC code name, words of the message)
@@ -152,8 +156,16 @@ BAD = [  # (method, path, body, content type, HTTP status, gRPC code name, words
     ("POST", "/v1/detect", PNG, "application/json", 400, "INVALID_ARGUMENT", "unsupported Content-Type"),
     ("POST", "/v1/detect", b"--x\r\n\r\n--x--\r\n", "multipart/form-data; boundary=x", 400, "INVALID_ARGUMENT",
      "no field 'image'"),
-    ("POST", "/v1/detect", huge_png_header(50_000, 50_000), "image/png", 413, "RESOURCE_EXHAUSTED", "pixels"),
-    ("POST", "/v1/detect", b"\x89PNG" + b"\x00" * (2 * 2**20), "image/png", 413, "RESOURCE_EXHAUSTED", "body"),
+    ("POST", "/v1/detect", PNG, "multipart/form-data", 400, "INVALID_ARGUMENT", "cannot be read"),
+    ("POST", "/v1/detect", b"no delimiter here", "multipart/form-data; boundary=x", 400, "INVALID_ARGUMENT",
+     "cannot be read"),
+    ("POST", "/v1/detect", NESTED[0], NESTED[1], 400, "INVALID_ARGUMENT", "no field 'image'"),
+    ("POST", "/v1/detect", NO_COLON[0], NO_COLON[1], 400, "INVALID_ARGUMENT", "cannot be read"),
+    ("POST", "/v1/detect", *form(b'Content-Disposition: form-data; name="note"\r\n\r\n' + b"x" * (2 * 2**20)),
+     413, "RESOURCE_EXHAUSTED", "over the server's limit"),
+    ("POST", "/v1/detect", png_claiming(50_000, 50_000), "image/png", 413, "RESOURCE_EXHAUSTED", "pixels"),
+    ("POST", "/v1/detect", b"\x89PNG" + b"\x00" * (2 * 2**20), "image/png", 413, "RESOURCE_EXHAUSTED",
+     "over the server's limit"),
     ("POST", "/v1/detect?maps=1&scales=1", cv2.imencode(".png", np.zeros((1800, 1800), np.uint8))[1].tobytes(),
      "image/png", 413, "RESOURCE_EXHAUSTED", "send limit"),
     ("POST", "/v1/detect?timeout=0.000001", PNG, "image/png", 504, "DEADLINE_EXCEEDED", "deadline"),
@@ -163,11 +175,12 @@ BAD = [  # (method, path, body, content type, HTTP status, gRPC code name, words
 ]
 
 
-@pytest.mark.parametrize("method, path, body, kind, status, code, words", BAD,
-                         ids=[f"{b[0]} {b[1][:40]} {b[6]}" for b in BAD])
+@pytest.mark.parametrize("method, path, body, kind, status, code, words", BAD + [BAD_GZIP],
+                         ids=[f"{b[0]} {b[1][:40]} {b[6]}" for b in BAD] + ["gzip that is not"])
 def test_bad_requests_get_the_status_of_their_grpc_code_and_the_server_keeps_serving(
         server, web, method, path, body, kind, status, code, words):
-    got, headers, data = web.call(method, path, body, content_type=kind or "image/png")
+    extra = {"Content-Encoding": "gzip"} if body is BAD_GZIP[2] else None
+    got, headers, data = web.call(method, path, body, content_type=kind or "image/png", headers=extra)
     error = json.loads(data)
     assert (got, error["code"]) == (status, code), error
     assert words in error["error"]
@@ -177,18 +190,28 @@ def test_bad_requests_get_the_status_of_their_grpc_code_and_the_server_keeps_ser
 
 
 def test_token_is_required_on_the_api_but_not_on_health_metrics_or_the_page(server):
-    for token, expected in ((None, 401), ("wrong", 401), (TOKEN, 200)):
+    for token, expected in ((None, 401), ("wrong", 401), ("\xff\xfe", 401), (TOKEN, 200)):
         client = Http(server.http_address, token=token)
         try:
             status, body = client.json("POST", "/v1/detect", PNG)
             assert status == expected, body
             if expected == 401:
                 assert body["code"] == "UNAUTHENTICATED" and "Authorization: Bearer" in body["error"]
+                assert client.call("GET", "/v1/model")[1]["WWW-Authenticate"].startswith("Bearer")
             assert client.json("GET", "/v1/model")[0] == expected
             for path in ("/healthz", "/readyz", "/metrics", "/"):
                 assert client.call("GET", path)[0] == 200
         finally:
             client.close()
+
+
+def test_the_bearer_scheme_is_read_in_any_case(server):
+    client = Http(server.http_address, token=None)
+    try:
+        assert client.call("GET", "/v1/model", headers={"Authorization": f"bearer {TOKEN}"})[0] == 200
+        assert client.call("GET", "/v1/model", headers={"Authorization": f"Basic {TOKEN}"})[0] == 401
+    finally:
+        client.close()
 
 
 def metric_samples(web):
@@ -212,7 +235,7 @@ def test_metrics_count_both_protocols_calls_by_method_mode_and_status(server, we
         server.grpc.detect(PNG)
     with pytest.raises(grpc.RpcError):
         server.grpc.stub.Detect(pb.DetectRequest(encoded=b"junk"), metadata=server.grpc.metadata)
-    assert web.json("POST", "/v1/detect", huge_png_header(50_000, 50_000))[0] == 413
+    assert web.json("POST", "/v1/detect", png_claiming(50_000, 50_000))[0] == 413
 
     def counted():
         after = metric_samples(web)
@@ -230,7 +253,16 @@ def test_metrics_count_both_protocols_calls_by_method_mode_and_status(server, we
 
     # the gRPC interceptor counts a call once it has ended, which may be just after the client knows
     assert eventually(counted), metric_samples(web)
+    # a method a client made up is counted as "other", never as a series of its own
+    channel = grpc.insecure_channel(server.address)
+    for i in range(3):
+        with pytest.raises(grpc.RpcError):
+            channel.unary_unary(f"/evil.Service/M{i}")(b"", timeout=30)
+    channel.close()
+    assert eventually(lambda: calls(metric_samples(web), method="other", protocol="grpc") - calls(
+        before, method="other", protocol="grpc") == 3)
     samples = metric_samples(web)
+    assert not any("evil" in str(labels) or "M1" in str(labels) for _, labels in samples)
     histogram = [v for (name, labels), v in samples.items() if name == "detector_call_seconds_count"
                  and dict(labels) == {"method": "Detect", "protocol": "http"}]
     assert histogram and histogram[0] >= 5
@@ -309,9 +341,12 @@ def test_a_full_server_answers_429_and_the_drain_lets_calls_in_flight_finish(gat
         assert eventually(lambda: len(gated_server.started) == 2, 30)
         status, body = detect()
         assert (status, body["code"]) == (429, "RESOURCE_EXHAUSTED") and "busy" in body["error"]
+        probe = Http(gated_server.http_address, token=None)  # a connection kept alive from before the stop
+        assert probe.call("GET", "/readyz")[0] == 200
         stopped = gated_server.stop(grace=60)
-        probe = Http(gated_server.http_address, token=None)
-        assert eventually(lambda: _status_or_closed(probe, "/readyz") in (503, None), 20)
+        assert eventually(lambda: probe.call("GET", "/readyz")[0] == 503, 20)
+        status, body = probe.json("POST", "/v1/detect", PNG)
+        assert (status, body["code"]) == (503, "UNAVAILABLE") and "shutting down" in body["error"]
         assert not stopped.is_set()  # the two calls still hold the server open
         gated_server.release.set()
         assert [f.result()[0] for f in running] == [200, 200]
@@ -351,3 +386,48 @@ def test_malformed_http_gets_a_4xx_or_a_hang_up_and_the_server_keeps_serving(ser
         assert 400 <= status < 500, answer[:200]
     assert web.json("POST", "/v1/detect", PNG)[0] == 200
     assert server.alive()
+
+
+def test_an_image_that_never_finishes_arriving_ends_at_the_deadline(server):
+    url = urllib.parse.urlsplit(server.http_address)
+    with socket.create_connection((url.hostname, url.port), timeout=60) as s:
+        s.sendall(f"POST /v1/detect?timeout=0.5 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"Content-Type: image/png\r\nContent-Length: {len(PNG)}\r\n\r\n".encode() + PNG[:200])
+        answer = s.recv(4096)  # the server answers, though the body never came
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
+    assert b"DEADLINE_EXCEEDED" in answer and b"still arriving" in answer
+
+
+def test_a_client_that_hangs_up_stops_its_work_and_frees_its_place(monkeypatch):
+    """The work runs until its check raises: only the hang-up can end it before the 120 s
+    ceiling, so the place coming back within seconds is the hang-up's doing."""
+    import threading
+
+    from detector_server import servicer, start_server
+
+    started = threading.Event()
+
+    def endless(image, net, options, check):
+        started.set()
+        while True:
+            check()
+            threading.Event().wait(0.005)
+
+    monkeypatch.setattr(servicer, "detect", endless)
+    running = start_server(port=0, workers=1, http_port=0, max_request_seconds=120)
+    try:
+        admission = running.servicer.admission
+        url = urllib.parse.urlsplit(running.http_address)
+        s = socket.create_connection((url.hostname, url.port), timeout=30)
+        s.sendall(f"POST /v1/detect?mode=sliding HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  f"Content-Length: {len(PNG)}\r\n\r\n".encode() + PNG)
+        assert started.wait(30)
+        assert (admission.active, admission.inside) == (1, 1)
+        s.close()
+        assert eventually(lambda: (admission.active, admission.inside, admission.used) == (0, 0, 0), 20)
+        web = Http(running.http_address, token=None)
+        assert eventually(lambda: calls(metric_samples(web), method="Detect", protocol="http", mode="sliding",
+                                        status="CANCELLED") == 1, 20)
+        web.close()
+    finally:
+        running.stop(0).wait()

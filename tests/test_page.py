@@ -17,11 +17,29 @@ CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="no chromium and chromedriver: apt-get install chromium chromium-driver")
 WAIT = 60  # seconds: the page's calls run the detector on a machine that may be busy
+TOKEN = "page-token"
+# the canvas against the bare image: the share of pixels that differ, and whether the pixel
+# half-way down each detection's left edge does
+COMPARE = """
+const canvas = document.getElementById("canvas");
+const shown = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+const bare = document.createElement("canvas");
+bare.width = canvas.width; bare.height = canvas.height;
+bare.getContext("2d").drawImage(state.image, 0, 0);
+const plain = bare.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+let differ = 0;
+for (let i = 0; i < shown.length; i += 4) if (shown[i] !== plain[i] || shown[i + 1] !== plain[i + 1]) differ++;
+const edges = (state.replies.fcn || state.replies.sliding).detections.map((d) => {
+  const i = 4 * (Math.round((d.box[1] + d.box[3]) / 2) * canvas.width + Math.round(d.box[0]));
+  return shown[i] !== plain[i] || shown[i + 1] !== plain[i + 1] || shown[i + 2] !== plain[i + 2];
+});
+return [differ / (shown.length / 4), edges];
+"""
 
 
 @pytest.fixture(scope="module")
 def server():
-    running = ServerProcess("--workers", "2", "--http-port", "0")
+    running = ServerProcess("--workers", "2", "--http-port", "0", "--token", TOKEN)
     yield running
     assert running.terminate() == 0, running.stderr()
 
@@ -63,16 +81,19 @@ def test_uploaded_png_shows_both_modes_and_the_table_lists_its_detections(server
     scene = digits.scene(41, size=(320, 240))[0]
     path = str(tmp_path / "scene.png")
     cv2.imwrite(path, scene)
-    with DetectorClient(server.address, timeout=60) as client:
+    with DetectorClient(server.address, token=TOKEN, timeout=60) as client:
         expected = client.detect(path)
     assert len(expected.detections) >= 2
 
     browser.get(server.http_address + "/")
-    wait_for(browser, lambda b: "default.npz" in b.find_element(By.ID, "model").text, "the model's description")
+    # the model's description needs the token: the page asks again once it is given
+    wait_for(browser, lambda b: "401" in b.find_element(By.ID, "model").text, "the refused description")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "file").send_keys(path)
     wait_for(browser, lambda b: b.find_element(By.ID, "detect").is_enabled(), "the Detect button")
     browser.find_element(By.ID, "detect").click()
     wait_for(browser, lambda b: b.find_element(By.ID, "speedup").text, "both modes' timings")
+    assert "default.npz" in browser.find_element(By.ID, "model").text
 
     found = rows(browser, "detections")
     assert [r[1] for r in found] == [d.label for d in expected.detections]
@@ -87,12 +108,18 @@ def test_uploaded_png_shows_both_modes_and_the_table_lists_its_detections(server
     size = browser.execute_script("const c = document.getElementById('canvas'); return [c.width, c.height];")
     assert size == [320, 240]
     browser.save_screenshot(str(tmp_path / "page.png"))
+    covered, edges = browser.execute_script(COMPARE)
+    assert covered > 0.9 and all(edges)  # the heat map over the whole image, the boxes over it
+    browser.find_element(By.ID, "heat").click()  # the heat map off: only the boxes and labels remain
+    covered, edges = browser.execute_script(COMPARE)
+    assert 0 < covered < 0.3 and all(edges)
 
 
 def test_a_sample_scene_can_be_asked_for_and_detected(server, browser):
     from selenium.webdriver.common.by import By
 
     browser.get(server.http_address + "/")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
     seed = browser.find_element(By.ID, "seed")
     seed.clear()
     seed.send_keys("7")

@@ -4,11 +4,9 @@ import json
 import re
 import shutil
 import asyncio
-import struct
 import subprocess
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -23,6 +21,7 @@ from detector.datasets import digits
 from detector_server import DetectorClient, score_maps, start_server
 from detector_server import detector_pb2 as pb
 from detector_server import protoc
+from hostile_cases import png_claiming
 from polling import eventually
 
 NET = detector.load_model()
@@ -101,13 +100,6 @@ def test_knobs_reach_detect(client):
                                             scales=[1.0], stride=2))
 
 
-def huge_png_header(width, height):
-    """A tiny, valid-looking PNG that claims width x height pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
-
-
 BAD_REQUESTS = [
     (pb.DetectRequest(encoded=b"garbage bytes"), "INVALID_ARGUMENT", "not a PNG, JPEG"),
     (pb.DetectRequest(encoded=b""), "INVALID_ARGUMENT", "the encoded image is empty"),
@@ -125,7 +117,7 @@ BAD_REQUESTS = [
     (pb.DetectRequest(encoded=png(SMALL), stride=3), "INVALID_ARGUMENT", "must divide"),
     (pb.DetectRequest(encoded=png(SMALL), min_size=0.01), "INVALID_ARGUMENT", "more than 4x"),
     (pb.DetectRequest(encoded=png(SMALL), scales=[float("inf")]), "INVALID_ARGUMENT", "finite"),
-    (pb.DetectRequest(encoded=huge_png_header(100000, 100000)), "RESOURCE_EXHAUSTED", "10,000,000,000 pixels"),
+    (pb.DetectRequest(encoded=png_claiming(100000, 100000)), "RESOURCE_EXHAUSTED", "10,000,000,000 pixels"),
     (pb.DetectRequest(raw=pb.RawImage(height=3000, width=3000, channels=1)), "RESOURCE_EXHAUSTED", "at most 4,000,000"),
     (pb.DetectRequest(encoded=b"\x89PNG\r\n\x1a\n" + b"\x00" * 5 * 2**20), "RESOURCE_EXHAUSTED", ""),
 ]

@@ -71,6 +71,9 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return self._deny
 
 
+COUNTED_METHODS = {f"/{SERVICE}/Detect", f"/{SERVICE}/GetModelInfo", "/grpc.health.v1.Health/Check"}
+
+
 class RequestLog(grpc.aio.ServerInterceptor):
     """One line per unary call (method, request size, mode, status, milliseconds), and its
     count and latency in the server's :class:`.metrics.Metrics` when it has them (with HTTP)."""
@@ -87,7 +90,9 @@ class RequestLog(grpc.aio.ServerInterceptor):
         async def logged(request, context):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            counted = self.metrics.call(method.rsplit("/", 1)[-1], "grpc") if self.metrics else contextlib.nullcontext({})
+            # a client names any method it likes: count the server's own, and the rest as one
+            name = method.rsplit("/", 1)[-1] if method in COUNTED_METHODS else "other"
+            counted = self.metrics.call(name, "grpc") if self.metrics else contextlib.nullcontext({})
             with counted as record:
                 try:
                     return await inner(request, context)

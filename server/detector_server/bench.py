@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
+import queue
 import time
 import urllib.parse
 from collections import Counter
@@ -58,27 +58,33 @@ def percentile(values, q):
 
 
 class HttpClient:
-    """POST /v1/detect over one keep-alive connection per thread."""
+    """POST /v1/detect over keep-alive connections, each used by one call at a time and kept
+    for the next (as a gRPC channel keeps its connection)."""
 
     def __init__(self, address, timeout=120):
         url = urllib.parse.urlsplit(address)
         self.host, self.port, self.timeout = url.hostname, url.port, timeout
-        self.local = threading.local()
+        self.idle = queue.LifoQueue()
 
     def detect(self, data, mode):
         """The HTTP status of one call."""
-        if getattr(self.local, "connection", None) is None:
-            self.local.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            self.local.connection.request("POST", f"/v1/detect?mode={mode}", body=data,
-                                          headers={"Content-Type": "image/png"})
-            response = self.local.connection.getresponse()
+            connection = self.idle.get_nowait()
+        except queue.Empty:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            connection.request("POST", f"/v1/detect?mode={mode}", body=data, headers={"Content-Type": "image/png"})
+            response = connection.getresponse()
             json.loads(response.read())  # as a client would: the reply parsed
-            return response.status
-        except (OSError, http.client.HTTPException):
-            self.local.connection.close()
-            self.local.connection = None
+        except (OSError, ValueError, http.client.HTTPException):
+            connection.close()
             raise
+        self.idle.put(connection)
+        return response.status
+
+    def close(self):
+        while not self.idle.empty():
+            self.idle.get_nowait().close()
 
 
 def _grpc_call(client, mode):
@@ -95,7 +101,7 @@ def _http_call(client, mode):
     def call(data):
         try:
             status = client.detect(data, mode)
-        except (OSError, http.client.HTTPException) as error:
+        except (OSError, ValueError, http.client.HTTPException) as error:
             return type(error).__name__
         return "OK" if status == 200 else f"HTTP {status}"
     return call
@@ -135,14 +141,17 @@ def run(address=None, concurrency=(1, 4, 16), requests=200, mode="fcn", size=(64
         http_address = process.http_address
     if "http" in protocols and not http_address:
         raise ValueError("HTTP needs the server's HTTP address: --http-addr http://HOST:PORT")
-    rows = []
+    rows, web = [], None
     try:
         with DetectorClient(address, timeout=120) as client:
             client.model_info()
             calls = {"grpc": _grpc_call(client, mode)}
-            if "http" in protocols:
-                calls["http"] = _http_call(HttpClient(http_address), mode)
-                calls["http"](encoded[0])  # the first call opens nothing that a later one pays for
+            web = HttpClient(http_address) if "http" in protocols else None
+            if web:
+                calls["http"] = _http_call(web, mode)
+                # warm as the gRPC channel is: a kept connection for each client thread
+                with ThreadPoolExecutor(max(concurrency)) as pool:
+                    list(pool.map(calls["http"], encoded[:1] * max(concurrency)))
             for c in concurrency:
                 runs = {p: [] for p in protocols}
                 for r in range(rounds):
@@ -159,6 +168,8 @@ def run(address=None, concurrency=(1, 4, 16), requests=200, mode="fcn", size=(64
                                  "p50_ms": percentile(latencies, 50) * 1e3, "p95_ms": percentile(latencies, 95) * 1e3,
                                  "p99_ms": percentile(latencies, 99) * 1e3, "status": dict(codes)})
     finally:
+        if web:
+            web.close()
         if process is not None:
             process.terminate()
             process.wait(30)

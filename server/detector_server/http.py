@@ -34,15 +34,17 @@ import time
 from argparse import ArgumentTypeError
 
 import grpc
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
 from detector import cli_args
 
 from . import detector_pb2 as pb
-from .client import reply_to_dict
+from .client import MODES, reply_to_dict
 from .metrics import CONTENT_TYPE_LATEST
-from .servicer import Deadline, Failure
+from .servicer import Deadline, Failure, Stop, by_deadline
 
 log = logging.getLogger("detector_server")
 
@@ -54,13 +56,14 @@ BUSY_STATUS = 429  # RESOURCE_EXHAUSTED because the server is full: retry later,
 # the code name a status stands for, in the metrics and error bodies of aiohttp's own errors
 CODE_OF_STATUS = {**{status: code.name for code, status in HTTP_STATUS.items()}, BUSY_STATUS: "RESOURCE_EXHAUSTED",
                   405: "UNIMPLEMENTED", 415: "INVALID_ARGUMENT", 500: "INTERNAL"}
-MODES = {"fcn": pb.FCN, "sliding": pb.SLIDING}
 PAGE = os.path.join(os.path.dirname(__file__), "page")
 PAGE_FILES = {"/": ("index.html", "text/html"), "/page.js": ("page.js", "text/javascript"),
               "/page.css": ("page.css", "text/css")}
 # nothing the page uses comes from another host, and nothing may
 PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'"
 SAMPLE_SIDES = (64, 1280)
+# what a body that is not the image it claims to be raises while aiohttp reads it
+UNREADABLE = (ValueError, LookupError, HttpProcessingError, RequestPayloadError)
 
 
 def _flag(text):
@@ -151,7 +154,7 @@ class HttpFace:
     def __init__(self, servicer, health, metrics, max_body_bytes, token=None):
         self.servicer, self.health, self.metrics = servicer, health, metrics
         self.max_body_bytes = max_body_bytes
-        self._token = f"Bearer {token}".encode() if token else None
+        self._token = token.encode() if token else None
         self.draining = False
         self._pages = {}
         for path, (name, kind) in PAGE_FILES.items():
@@ -166,6 +169,9 @@ class HttpFace:
                   web.get("/metrics", self.prometheus, name="metrics")]
         routes += [web.get(path, self.page, name=f"page{i}") for i, path in enumerate(PAGE_FILES)]
         self.app.add_routes(routes)
+        self._drawing = asyncio.Semaphore(1)
+        # bodies being received hold at most this many bytes at once: four of the largest
+        self.receive_budget, self.receiving = 4 * max_body_bytes, 0
         self.runner = self.site = None
         self._calls = 0
         self._idle = asyncio.Event()
@@ -210,32 +216,44 @@ class HttpFace:
     async def _answer(self, request, handler, method, start):
         with self.metrics.call(method, "http") as record:
             try:
-                if self._token and request.path.startswith("/v1/") and not hmac.compare_digest(
-                        request.headers.get("Authorization", "").encode(), self._token):
+                if self._token and request.path.startswith("/v1/") and not self._authorized(request):
                     response = error_response(C.UNAUTHENTICATED,
                                               "missing or wrong token: send the header 'Authorization: Bearer <token>'")
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="detector"'
                 else:
                     response = await handler(request)
             except Failure as failure:
                 response = error_response(failure.code, failure.message,
                                           BUSY_STATUS if failure.refused == "busy" else None)
+                if failure.refused == "busy":
+                    response.headers["Retry-After"] = "1"
             except web.HTTPException as error:  # aiohttp's own: 404, 405, 413 for a body over the limit
                 if error.status < 400:
                     raise
                 response = error_response(CODE_OF_STATUS.get(error.status, "UNKNOWN"), _says(error, request),
                                           error.status)
             except asyncio.CancelledError:
-                record["status"] = "CANCELLED"  # the client hung up
+                record["mode"], record["status"] = request.get("mode", "-"), "CANCELLED"  # the client hung up
                 raise
             except Exception:
                 log.exception("HTTP %s %s failed", request.method, request.path)
                 response = error_response(C.INTERNAL, "the server failed on this request; it keeps serving")
+            if response.status >= 400 and (request.get("close") or not request.content.at_eof()):
+                response.force_close()  # what the client still sends is not worth reading
             record["mode"] = request.get("mode", "-")
             record["status"] = CODE_OF_STATUS.get(response.status, "OK" if response.status < 400 else "UNKNOWN")
-            log.info("HTTP %s %s bytes=%s mode=%s status=%s ms=%.1f", request.method, request.path,
+            # the raw path: percent-escapes stay escaped, so a client cannot forge a log line
+            log.info("HTTP %s %s bytes=%s mode=%s status=%s ms=%.1f", request.method, request.raw_path[:200],
                      request.content_length or 0, record["mode"], response.status,
                      (time.perf_counter() - start) * 1e3)
             return response
+
+    def _authorized(self, request):
+        """Whether the request carries ``Authorization: Bearer <token>`` (the scheme in any case)."""
+        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+        # a header of undecodable bytes arrives with surrogates: compare it as those bytes
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            sent.strip().encode("utf-8", "surrogateescape"), self._token)
 
     async def detect(self, request):
         if self.draining:
@@ -245,9 +263,16 @@ class HttpFace:
         except ValueError as error:
             raise Failure(C.INVALID_ARGUMENT, str(error)) from None
         request["mode"] = "sliding" if message.mode == pb.SLIDING else "fcn"
-        message.encoded = await self._image_bytes(request)
         deadline = Deadline(timeout, self.servicer.max_request_seconds)
         try:
+            try:
+                message.encoded = await by_deadline(self._image_bytes(request), deadline)
+            except Stop as stop:
+                raise Failure(stop.code, f"{stop} while the image was still arriving") from None
+            except Failure as failure:
+                if failure.refused:
+                    self.metrics.refused.labels("http", failure.refused).inc()
+                raise
             reply = await self.servicer.detect_reply(message, deadline, "http")
         except asyncio.CancelledError:
             deadline.cancel()  # the client hung up: the worker stops at its next check
@@ -258,25 +283,35 @@ class HttpFace:
         return web.json_response(out)
 
     async def _image_bytes(self, request):
-        """The image's bytes: the body, or a multipart form's ``image`` field."""
+        """The image's bytes: the body, or a multipart form's ``image`` field. The body is
+        bounded by the server's message limit, and the bytes of all bodies being received at
+        once by ``receive_budget``: a call takes no detection place until its image has
+        arrived, so clients that send slowly hold memory, within that bound, but no worker."""
         kind = request.content_type
-        if kind.startswith("image/") or kind == "application/octet-stream":
-            return await request.read()  # aiohttp answers 413 past client_max_size
-        if kind != "multipart/form-data":
+        if not (kind.startswith("image/") or kind in ("application/octet-stream", "multipart/form-data")):
             raise Failure(C.INVALID_ARGUMENT, f"unsupported Content-Type {kind[:100]!r}: send image/png or "
                                               "image/jpeg, or a multipart/form-data form with a field 'image'")
-        reader = await request.multipart()
-        async for part in reader:
-            if part.name != "image":
-                continue
-            data = bytearray()
-            while chunk := await part.read_chunk(1 << 16):
-                data += chunk
-                if len(data) > self.max_body_bytes:
-                    raise Failure(C.RESOURCE_EXHAUSTED, f"the image is over the server's limit of "
-                                                        f"{self.max_body_bytes:,} bytes", "too_large")
-            return bytes(data)
-        raise Failure(C.INVALID_ARGUMENT, "the multipart form has no field 'image'")
+        body = _Body(self)
+        try:
+            if kind != "multipart/form-data":
+                return await body.collect(request.content, keep=True)
+            reader, image = await request.multipart(), None
+            async for part in reader:
+                if isinstance(part, BodyPartReader):  # a nested form is passed over as it streams
+                    kept = await body.collect(part, keep=part.name == "image" and image is None)
+                    image = image if kept is None else kept
+            if image is None:
+                raise Failure(C.INVALID_ARGUMENT, "the multipart form has no field 'image'")
+            return image
+        except UNREADABLE as error:
+            # the rest cannot be read either: end the body here, so that aiohttp does not read
+            # on after the answer (and log the same error again), and close the connection
+            request.content.feed_eof()
+            request["close"] = True
+            raise Failure(C.INVALID_ARGUMENT, f"the request body cannot be read as {kind}: "
+                                              f"{str(error)[:200] or type(error).__name__}") from None
+        finally:
+            self.receiving -= body.held
 
     async def model(self, request):
         info = json_format.MessageToDict(self.servicer.model_info(), preserving_proto_field_name=True,
@@ -292,7 +327,8 @@ class HttpFace:
             width, height = side(request.query.get("width", "640")), side(request.query.get("height", "480"))
         except ArgumentTypeError as error:
             raise Failure(C.INVALID_ARGUMENT, f"seed, width and height {error}") from None
-        png = await asyncio.get_running_loop().run_in_executor(None, _sample_png, seed, width, height)
+        async with self._drawing:  # one at a time: drawing is no detection, and must not crowd it out
+            png = await asyncio.get_running_loop().run_in_executor(None, _sample_png, seed, width, height)
         return web.Response(body=png, content_type="image/png")
 
     async def healthz(self, request):
@@ -311,6 +347,34 @@ class HttpFace:
         body, kind = self._pages[request.path]
         return web.Response(body=body, content_type=kind, charset="utf-8",
                             headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"})
+
+
+class _Body:
+    """One request's body as it arrives: every byte counts against the message limit, and
+    the bytes kept against the server's budget for bodies being received."""
+
+    def __init__(self, face):
+        self.face, self.taken, self.held = face, 0, 0
+
+    async def collect(self, stream, keep):
+        """The bytes of ``stream`` (a StreamReader or a multipart part) if ``keep``, else None."""
+        face, data = self.face, bytearray()
+        read = stream.read_chunk if isinstance(stream, BodyPartReader) else stream.read
+        while chunk := await read(1 << 16):
+            self.taken += len(chunk)
+            if self.taken > face.max_body_bytes:
+                raise Failure(C.RESOURCE_EXHAUSTED, f"the request body is over the server's limit of "
+                                                    f"{face.max_body_bytes:,} bytes", "too_large")
+            if not keep:
+                continue
+            if face.receiving + len(chunk) > face.receive_budget:
+                raise Failure(C.RESOURCE_EXHAUSTED, f"the server is receiving {face.receiving:,} bytes of images "
+                                                    f"already, its limit is {face.receive_budget:,}: retry later",
+                                                    "busy")
+            face.receiving += len(chunk)
+            self.held += len(chunk)
+            data += chunk
+        return bytes(data) if keep else None
 
 
 def _sample_png(seed, width, height):

@@ -83,6 +83,15 @@ class Deadline:
             raise Stop(grpc.StatusCode.CANCELLED, "the call was cancelled: the work was stopped")
 
 
+async def by_deadline(awaitable, deadline):
+    """Await within the call's deadline; past it, :class:`Stop` names the deadline."""
+    try:
+        return await asyncio.wait_for(awaitable, max(0.0, deadline.remaining()))
+    except asyncio.TimeoutError:
+        deadline.check()
+        raise
+
+
 def detect_options(request):
     """The :class:`DetectOptions` of a request; unset fields keep their defaults."""
     if request.mode not in MODES:
@@ -181,11 +190,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             self.admission.enter()
             try:
                 options, image, needed = self._admit(request)
-                try:
-                    await self.admission.acquire(needed.memory_bytes, max(0.0, deadline.remaining()))
-                except asyncio.TimeoutError:
-                    deadline.check()  # names the deadline that passed
-                    raise
+                await by_deadline(self.admission.acquire(needed.memory_bytes), deadline)
                 waited = time.perf_counter() - start
                 work = asyncio.get_running_loop().run_in_executor(self.workers, self._work, image, options, deadline)
                 # the place is given back when the thread is done, even if this call is cancelled first

@@ -10,7 +10,9 @@ const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33,
 const BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
                      "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324"];
 
-const state = { model: null, blob: null, image: null, replies: {}, maps: null };
+// generation: bumped by every new image and every run, so that a run whose image was
+// replaced while it waited for the server drops its answers instead of drawing them
+const state = { model: null, blob: null, image: null, replies: {}, maps: null, generation: 0 };
 
 function colour(v) {
   const x = Math.min(1, Math.max(0, v)) * (VIRIDIS.length - 1);
@@ -66,6 +68,7 @@ function useBlob(blob, name) {
   const url = URL.createObjectURL(blob);
   const image = new Image();
   image.onload = () => {
+    state.generation++;
     state.blob = blob;
     state.image = image;
     state.replies = {};
@@ -107,24 +110,29 @@ async function detect() {
   if (!state.blob) return;
   const chosen = $("mode").value;
   const modes = chosen === "both" ? ["fcn", "sliding"] : [chosen];
+  const generation = ++state.generation;
+  const blob = state.blob;
   $("detect").disabled = true;
   state.replies = {};
   try {
+    if (!state.model) await loadModel();  // a token typed since the page loaded
     // one after the other, so that neither mode's time includes the other's
     for (const mode of modes) {
       say(`Running ${MODE_NAMES[mode]}…`);
       const maps = mode === modes[0];
       const response = await call("/v1/detect?" + query(mode, maps), {
-        method: "POST", body: state.blob, headers: { "Content-Type": state.blob.type } });
-      state.replies[mode] = await response.json();
-      if (maps) state.maps = decodeMaps(state.replies[mode].score_maps);
+        method: "POST", body: blob, headers: { "Content-Type": blob.type } });
+      const reply = await response.json();
+      if (generation !== state.generation) return;  // another image or run took over
+      state.replies[mode] = reply;
+      if (maps) state.maps = decodeMaps(reply.score_maps);
     }
     showLevels();
     showResults(modes);
     draw();
     say(`Done: ${state.replies[modes[0]].detections.length} detections.`);
   } catch (error) {
-    say("Detection failed: " + error.message, true);
+    if (generation === state.generation) say("Detection failed: " + error.message, true);
   } finally {
     $("detect").disabled = false;
   }
@@ -268,6 +276,7 @@ function setUp() {
   });
   $("sample").addEventListener("click", sample);
   $("detect").addEventListener("click", detect);
+  $("token").addEventListener("change", loadModel);
   for (const id of ["heat", "heat-class", "heat-level"]) $(id).addEventListener("change", draw);
   drawColourBar();
   loadModel();
