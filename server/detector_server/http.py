@@ -236,7 +236,7 @@ class HttpFace:
                 record["mode"], record["status"] = request.get("mode", "-"), "CANCELLED"  # the client hung up
                 raise
             except Exception:
-                log.exception("HTTP %s %s failed", request.method, request.path)
+                log.exception("HTTP %s %s failed", request.method, request.raw_path[:200])
                 response = error_response(C.INTERNAL, "the server failed on this request; it keeps serving")
             if response.status >= 400 and (request.get("close") or not request.content.at_eof()):
                 response.force_close()  # what the client still sends is not worth reading
