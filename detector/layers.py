@@ -274,11 +274,49 @@ def conv2d_backward(dout, cache, input_grad=True):
     oh = output_size(x.shape[2], w.shape[2], ph, sh, "height")
     ow = output_size(x.shape[3], w.shape[3], pw, sw, "width")
     dout = _gradient(dout, x, (n, k, oh, ow))
-    dx = np.zeros_like(x) if input_grad else None
-    dw = np.empty((k, w[0].size), x.dtype)
+    # Winograd where the cost model expects it faster (float32, stride 1, 3x3 or 5x5): dw
+    # wherever the forward takes it, dx as a correlation of dout (see _winograd_input_gradient)
+    winograd_dw = _winograd_pays(x, w, (sh, sw), pw, (oh, ow))
+    winograd_dx = input_grad and _winograd_input_gradient_pays(x, w, (sh, sw), (ph, pw), (oh, ow))
+    dx = np.zeros_like(x) if input_grad and not winograd_dx else None
+    dw = None if winograd_dw else np.empty((k, w[0].size), x.dtype)
     db = np.empty(k, x.dtype)
     _conv.conv2d_backward(dout, x, w, dx, dw, db, sh, sw, ph, pw, get_num_threads())
+    if winograd_dw:
+        dw = _winograd.weight_gradient(x, dout, w.shape[2], (ph, pw))
+    if winograd_dx:
+        dx = _winograd_input_gradient(dout, w, (ph, pw), x.shape[2:])
     return dx, dw.reshape(w.shape), db
+
+
+def _flipped(w):
+    """w (K, C, FH, FW) as the filters of the input gradient's correlation: (C, K, FH, FW),
+    each rotated by 180 degrees."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+def _winograd_input_gradient_pays(x, w, stride, padding, out_size):
+    """Whether dx runs faster as a Winograd correlation of dout (padded by FH - 1 - PH) with
+    the flipped filters than by GEMM and col2im, by the cost model. That correlation has
+    padding of at least 0 only when PH <= FH - 1 (PW likewise)."""
+    fh, fw = w.shape[2:]
+    if padding[0] > fh - 1 or padding[1] > fw - 1:
+        return False
+    flipped_shape = (w.shape[1], w.shape[0], fh, fw)
+    if _algorithms.unfit("winograd", x.dtype, flipped_shape, stride, (1, 1)):
+        return False
+    dout_shape = (x.shape[0], w.shape[0], *out_size)
+    costs = _algorithms.cost(dout_shape, flipped_shape, x.shape[2:], 1, False, fw - 1 - padding[1])
+    return costs["winograd"] < costs["im2col"]
+
+
+def _winograd_input_gradient(dout, w, padding, in_size):
+    """dx (N, C, H, W) of a stride-1 convolution: the full correlation of dout with the
+    flipped filters, on the Winograd kernel (its float32 error: tests/test_winograd.py)."""
+    fh, fw = w.shape[2:]
+    pad = (fh - 1 - padding[0], fw - 1 - padding[1])
+    zero = np.zeros(w.shape[1], dout.dtype)
+    return _winograd_conv(dout, _flipped(w), zero, pad, tuple(in_size), False, 1, None, None, None)
 
 
 # -- pooling -------------------------------------------------------------------------------

@@ -9,6 +9,9 @@
 #define WG_N 6
 /* outputs per tile side, at most */
 #define WG_MMAX 4
+/* tiles per chunk, a multiple of 32 (the micro-kernel's width): the chunk's transformed
+ * input (n*n x C x WG_TILES floats) stays in L2 for the channel counts of small nets */
+#define WG_TILES 32
 
 #define SIMD_BODY "winograd_body.h"
 #include "simd.h"
@@ -19,13 +22,20 @@ typedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, P
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
                             Py_ssize_t, Py_ssize_t, float *);
 
+typedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                               Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                               Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, float *);
+
 static wg_chunk_fn wg_chunk = chunk_base;
+static wg_gradient_fn wg_gradient_chunk = gradient_chunk_base;
 static const char *wg_isa = "baseline";
 
 /* Picks the fastest copy this CPU runs; called once, at import. */
 static void wg_select(void)
 {
     wg_chunk = SIMD_PICK(chunk);
+    wg_gradient_chunk = SIMD_PICK(gradient_chunk);
     wg_isa = simd_names[simd_level()];
 }
 
@@ -35,6 +45,13 @@ static Py_ssize_t wg_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects, i
 {
     return WG_N * WG_N * (C + WG_KB_MAX) * tb + (projects ? Kp : 1) * m * m * tb
            + WG_N * m * (tb + (WG_N - 1) / m + 1);
+}
+
+/* floats of scratch one thread needs for the weight gradient's chunks of tb tiles */
+static Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
+                                             Py_ssize_t tb)
+{
+    return WG_N * WG_N * (C + Cp + Kp) * tb + WG_N * m * (tb + (WG_N - 1) / m + 1);
 }
 
 /* B^T as the kernel applies it: its input transform of each unit vector */

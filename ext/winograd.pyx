@@ -13,6 +13,7 @@ The output stage adds the bias and applies the ReLU and a q x q max-pool when q 
 import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
+from libc.string cimport memcpy, memset
 
 cdef extern from "winograd.h" nogil:
     ctypedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -21,17 +22,32 @@ cdef extern from "winograd.h" nogil:
                                  Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  float *, Py_ssize_t, Py_ssize_t, float *) noexcept
     wg_chunk_fn wg_chunk
+    ctypedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                    Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                    Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t,
+                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
+                                    float *) noexcept
+    wg_gradient_fn wg_gradient_chunk
+    Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
+                                          Py_ssize_t tb)
     const char *wg_isa
-    int WG_KB_MAX, WG_N, WG_MMAX
+    int WG_KB_MAX, WG_N, WG_MMAX, WG_TILES
     void wg_select()
     Py_ssize_t wg_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects, int m, Py_ssize_t tb)
     void wg_input_matrix(float *bt)
 
 wg_select()
 
-# Tiles per chunk, a multiple of 32 (the micro-kernel's width): the chunk's transformed input
-# (n*n x C x TILES floats) stays in L2 for the channel counts of small nets.
-cdef Py_ssize_t TILES = 32
+# Tiles per chunk (see winograd.h).
+cdef Py_ssize_t TILES = WG_TILES
+
+# The weight gradient's sums: one slot per group of chunks, a constant so that the order of
+# the sums is fixed by the shapes alone, and enough groups to share out among threads.
+GRADIENT_GROUPS = 16
+# Filters and channels of its slots are padded to multiples of these (its register block,
+# and the widest vector).
+GRADIENT_FILTER_BLOCK = 2 * WG_KB_MAX
+GRADIENT_CHANNEL_BLOCK = 16
 
 # Filters of U are padded with zeros to a multiple of this (every register block fits in it).
 FILTER_BLOCK = WG_KB_MAX
@@ -112,12 +128,9 @@ def to_wide(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                 for n in range(N):
                     row = &wide[0, c, h, n * Wp]
                     src = &x[n, c, h, 0]
-                    for j in range(PW):
-                        row[j] = 0
-                    for j in range(W):
-                        row[PW + j] = src[j]
-                    for j in range(PW + W, Wp):
-                        row[j] = 0
+                    memset(row, 0, PW * sizeof(float))
+                    memcpy(row + PW, src, W * sizeof(float))
+                    memset(row + PW + W, 0, (Wp - PW - W) * sizeof(float))
 
 
 def from_wide(const float[:, :, :, ::1] wide,  # IN (1, K, OH, >= (N - 1) * per + OW)
@@ -182,3 +195,71 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
                      apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count, tb,
                      &out[img, 0, 0, 0], OHo, OWo, s)
+
+
+def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
+                    const float[:, :, :, ::1] dout,  # IN (N, K, OH, >= OW)
+                    const float[:, ::1] g,  # IN (N, m): G' of F(r, m), r the filters' size
+                    const double[:, ::1] at,  # IN (r, N): A'^T of F(r, m)
+                    float[:, :, :, ::1] slots,  # SCRATCH (groups, N*N, Kp, Cp)
+                    float[:, :, :, ::1] dw,  # OUT (K, C, r, r)
+                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, int num_threads):
+    """dw[k, c] = A'^T M A', M[xi] the sum over the tiles t of (G' D_t[k] G'^T)[xi] times
+    (B^T d_t[c] B)[xi], D_t the tile's m x m outputs' gradient and d_t its input patch (see
+    winograd_body.h). Chunks are the forward's; slot s sums a run of them fixed by the
+    shapes alone, and the slots are summed in order, in float64."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], ldo = dout.shape[3]
+    cdef Py_ssize_t groups = slots.shape[0], Kp = slots.shape[2], Cp = slots.shape[3]
+    cdef int m = g.shape[1]
+    cdef Py_ssize_t rows = (OH + m - 1) // m, cols = (OW + m - 1) // m
+    cdef Py_ssize_t tb = TILES, per_row = (cols + tb - 1) // tb, chunks = N * rows * per_row
+    cdef Py_ssize_t floats = wg_gradient_scratch_floats(C, Kp, Cp, m, tb)
+    cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
+    cdef Py_ssize_t group, chunk, img, ti, t0, offset, b
+    cdef float *s
+    slots[:] = 0
+    if chunks == 0 or K == 0 or C == 0:
+        return
+    groups = min(groups, chunks)
+    with nogil, parallel(num_threads=num_threads):
+        s = &scratch[threadid(), 0]
+        offset = (<size_t>s // 4) % 16
+        s = s + (16 - offset) % 16
+        for group in prange(groups, schedule='static'):
+            for chunk in range(group * chunks // groups, (group + 1) * chunks // groups):
+                img = chunk // (rows * per_row)
+                ti = chunk // per_row % rows
+                t0 = chunk % per_row * tb
+                wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[img, 0, 0, 0], K,
+                                  OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0), tb,
+                                  Kp, Cp, &slots[group, 0, 0, 0], s)
+    # M summed over the slots in order, then A'^T M A' per (k, c)
+    cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a
+    cdef double[:, :, ::1] total = np.empty((nn, K, C))
+    cdef double[:, ::1] halves = np.empty((num_threads, WG_N))
+    cdef double *half
+    cdef double acc
+    with nogil, parallel(num_threads=num_threads):
+        for xi in prange(nn, schedule='static'):
+            for k in range(K):
+                for c in range(C):
+                    total[xi, k, c] = slots[0, xi, k, c]
+                for group in range(1, groups):
+                    for c in range(C):
+                        total[xi, k, c] += slots[group, xi, k, c]
+    with nogil, parallel(num_threads=num_threads):
+        half = &halves[threadid(), 0]
+        for kc in prange(K * C, schedule='static'):
+            k, c = kc // C, kc % C
+            for i in range(r):
+                for b in range(WG_N):  # row i of A'^T M
+                    acc = 0
+                    for a in range(WG_N):
+                        acc = acc + at[i, a] * total[a * WG_N + b, k, c]
+                    half[b] = acc
+                for j in range(r):
+                    acc = 0
+                    for b in range(WG_N):
+                        acc = acc + half[b] * at[j, b]
+                    dw[k, c, i, j] = <float>acc

@@ -52,11 +52,59 @@ static inline void V(at4)(V(vf) d0, V(vf) d1, V(vf) d2, V(vf) d3, V(vf) d4, V(vf
     o[3] = d12 + 8 * d34 + d5;
 }
 
-/* Steps 1 and 2: v[xi][c][t] for the tiles t0 .. t0 + tb - 1 of tile row ti. */
-static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                                Py_ssize_t PH, Py_ssize_t PW, int m, Py_ssize_t ti,
-                                Py_ssize_t t0, Py_ssize_t tb, float *restrict phases,
-                                float *restrict v)
+/* dst[j] = row[first + j * m] for j < J, 0 where first + j * m lies outside [0, W) or row
+ * is NULL (a row outside the image): one column phase of a row, contiguous over tiles. */
+static void V(phase_copy)(const float *restrict row, Py_ssize_t first, Py_ssize_t W, int m,
+                          Py_ssize_t J, float *restrict dst)
+{
+    if (!row) {
+        for (Py_ssize_t j = 0; j < J; j++)
+            dst[j] = 0;
+        return;
+    }
+    /* columns first + j*m inside [0, W): j in [lo, hi) */
+    Py_ssize_t lo = first >= 0 ? 0 : (-first + m - 1) / m;
+    Py_ssize_t hi = first >= W ? 0 : (W - first + m - 1) / m;
+    if (hi > J) hi = J;
+    if (lo > hi) lo = hi;
+    for (Py_ssize_t j = 0; j < lo; j++)
+        dst[j] = 0;
+    const float *from = row + first;
+    /* whole vectors while every float they load lies in the row: the even lanes of two
+     * vectors (m = 2), of the even lanes of four (m = 4) */
+    Py_ssize_t j = lo;
+    if (m == 2)
+        for (; j + V_VW <= hi && first + 2 * (j + V_VW) <= W; j += V_VW) {
+            const float *f = from + 2 * j;
+            *(V(vf) *)(dst + j) = __builtin_shuffle(*(const V(vf) *)f, *(const V(vf) *)(f + V_VW), V(even));
+        }
+    else if (m == 4)
+        for (; j + V_VW <= hi && first + 4 * (j + V_VW) <= W; j += V_VW) {
+            const float *f = from + 4 * j;
+            V(vf) a = __builtin_shuffle(*(const V(vf) *)f, *(const V(vf) *)(f + V_VW), V(even));
+            V(vf) b = __builtin_shuffle(*(const V(vf) *)(f + 2 * V_VW), *(const V(vf) *)(f + 3 * V_VW), V(even));
+            *(V(vf) *)(dst + j) = __builtin_shuffle(a, b, V(even));
+        }
+    lo = j;
+    if (m == 2)  /* constant strides, which the compiler turns into shuffles */
+        for (Py_ssize_t j = lo; j < hi; j++)
+            dst[j] = from[2 * j];
+    else if (m == 4)
+        for (Py_ssize_t j = lo; j < hi; j++)
+            dst[j] = from[4 * j];
+    else
+        for (Py_ssize_t j = lo; j < hi; j++)
+            dst[j] = from[j * m];
+    for (Py_ssize_t j = hi; j < J; j++)
+        dst[j] = 0;
+}
+
+/* Steps 1 and 2: v[xi][c][t] for the tiles t0 .. t0 + tb - 1 of tile row ti (m is a
+ * constant where input_transform inlines it, so that the tiles' vectors stay in registers). */
+static inline __attribute__((always_inline)) void V(input_transform_m)(
+    const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t PH,
+    Py_ssize_t PW, const int m, Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t tb,
+    float *restrict phases, float *restrict v)
 {
     /* phases[r][p][j] = x[c][ti*m - PH + r][(t0 + j)*m - PW + p], 0 outside the image */
     const Py_ssize_t J = tb + (WG_N - 1) / m + 1;
@@ -64,35 +112,9 @@ static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t
     for (Py_ssize_t c = 0; c < C; c++) {
         for (int r = 0; r < WG_N; r++) {
             Py_ssize_t iy = ti * m - PH + r;
-            const float *src = x + (c * H + iy) * W;
-            for (int p = 0; p < m; p++) {
-                float *dst = phases + (r * m + p) * J;
-                if (iy < 0 || iy >= H) {
-                    for (Py_ssize_t j = 0; j < J; j++)
-                        dst[j] = 0;
-                    continue;
-                }
-                /* columns col0 + j*m + p inside [0, W): j in [lo, hi) */
-                Py_ssize_t first = col0 + p;
-                Py_ssize_t lo = first >= 0 ? 0 : (-first + m - 1) / m;
-                Py_ssize_t hi = first >= W ? 0 : (W - first + m - 1) / m;
-                if (hi > J) hi = J;
-                if (lo > hi) lo = hi;
-                for (Py_ssize_t j = 0; j < lo; j++)
-                    dst[j] = 0;
-                const float *from = src + first;
-                if (m == 2)  /* constant strides, which the compiler turns into shuffles */
-                    for (Py_ssize_t j = lo; j < hi; j++)
-                        dst[j] = from[2 * j];
-                else if (m == 4)
-                    for (Py_ssize_t j = lo; j < hi; j++)
-                        dst[j] = from[4 * j];
-                else
-                    for (Py_ssize_t j = lo; j < hi; j++)
-                        dst[j] = from[j * m];
-                for (Py_ssize_t j = hi; j < J; j++)
-                    dst[j] = 0;
-            }
+            const float *src = iy < 0 || iy >= H ? NULL : x + (c * H + iy) * W;
+            for (int p = 0; p < m; p++)
+                V(phase_copy)(src, col0 + p, W, m, J, phases + (r * m + p) * J);
         }
         /* per vector of tiles: e = d B (rows), then v = B^T e (columns) */
         for (Py_ssize_t t = 0; t < tb; t += V_VW) {
@@ -112,11 +134,25 @@ static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t
     }
 }
 
+static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t PH, Py_ssize_t PW, int m, Py_ssize_t ti,
+                                Py_ssize_t t0, Py_ssize_t tb, float *restrict phases,
+                                float *restrict v)
+{
+    if (m == 2)
+        V(input_transform_m)(x, C, H, W, PH, PW, 2, ti, t0, tb, phases, v);
+    else if (m == 4)
+        V(input_transform_m)(x, C, H, W, PH, PW, 4, ti, t0, tb, phases, v);
+    else
+        V(input_transform_m)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
+}
+
 /* Step 4 for one filter: y = A^T M A over the chunk's tiles, then bias, ReLU and pool:
- * fin[(a2 * per + b2) * tb + t] is output (a2, b2) of tile t (per = m / q a side). */
-static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m,
-                                 const float *restrict at, Py_ssize_t tb, Py_ssize_t count,
-                                 float bias, int relu, int q, float *restrict fin)
+ * fin[(a2 * per + b2) * tb + t] is output (a2, b2) of tile t (per = m / q a side). m and q
+ * are constants where output_transform inlines it: its arrays then live in registers. */
+static inline __attribute__((always_inline)) void V(output_transform_mq)(
+    const float *restrict mk, Py_ssize_t ldxi, const int m, const float *restrict at,
+    Py_ssize_t tb, Py_ssize_t count, float bias, int relu, const int q, float *restrict fin)
 {
     const int per = m / q;
     for (Py_ssize_t t = 0; t < count; t += V_VW) {
@@ -137,6 +173,17 @@ static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m
 #undef WG_M
                 for (int a = 0; a < 4; a++)
                     z[a][nu] = o[a];
+            }
+            if (q == 1) {  /* each row finished as it is made: y is never live whole */
+                for (int a = 0; a < 4; a++) {
+                    V(vf) o[4];
+                    V(at4)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], o);
+                    for (int b = 0; b < 4; b++) {
+                        V(vf) top = o[b] + bias;
+                        *(V(vf) *)(fin + (a * 4 + b) * tb + t) = relu ? V(relu)(top) : top;
+                    }
+                }
+                continue;
             }
             for (int a = 0; a < 4; a++)
                 V(at4)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], y[a]);
@@ -179,11 +226,26 @@ static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m
     }
 }
 
+static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m,
+                                 const float *restrict at, Py_ssize_t tb, Py_ssize_t count,
+                                 float bias, int relu, int q, float *restrict fin)
+{
+#define WG_OT(M, Q) V(output_transform_mq)(mk, ldxi, M, at, tb, count, bias, relu, Q, fin)
+    if (m == 2 && q == 1) WG_OT(2, 1);
+    else if (m == 2 && q == 2) WG_OT(2, 2);
+    else if (m == 4 && q == 1) WG_OT(4, 1);
+    else if (m == 4 && q == 2) WG_OT(4, 2);
+    else WG_OT(m, q);
+#undef WG_OT
+}
+
 /* Planes of finished outputs (as output_transform leaves them) into the rows of one output
- * channel, plus add[0] when add is given; the rows and columns past the output are dropped. */
-static void V(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize_t count,
-                      const float *restrict add, Py_ssize_t row0, Py_ssize_t t0,
-                      float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
+ * channel, plus add[0] when add is given; the rows and columns past the output are dropped.
+ * per is a constant where store inlines it. */
+static inline __attribute__((always_inline)) void V(store_per)(
+    const float *restrict fin, Py_ssize_t tb, const int per, Py_ssize_t count,
+    const float *restrict add, Py_ssize_t row0, Py_ssize_t t0, float *restrict out,
+    Py_ssize_t OHo, Py_ssize_t OWo)
 {
     V(vf) plus = (V(vf)){0} + (add ? add[0] : 0);
     for (Py_ssize_t t = 0; t < count; t += V_VW) {
@@ -223,6 +285,20 @@ static void V(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize
             }
         }
     }
+}
+
+static void V(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize_t count,
+                      const float *restrict add, Py_ssize_t row0, Py_ssize_t t0,
+                      float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
+{
+    if (per == 1)
+        V(store_per)(fin, tb, 1, count, add, row0, t0, out, OHo, OWo);
+    else if (per == 2)
+        V(store_per)(fin, tb, 2, count, add, row0, t0, out, OHo, OWo);
+    else if (per == 4)
+        V(store_per)(fin, tb, 4, count, add, row0, t0, out, OHo, OWo);
+    else
+        V(store_per)(fin, tb, per, count, add, row0, t0, out, OHo, OWo);
 }
 
 /* The whole chunk: tiles t0 .. t0 + count - 1 (count <= tb) of tile row ti of one image.
@@ -265,4 +341,130 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
             V(store)(mb + jj * planes, tb, per, count, p_bias + j0 + jj, row0, t0,
                       out + (j0 + jj) * OHo * OWo, OHo, OWo);
     }
+}
+
+/* -- The weight gradient: F(r x r, m x m) over the same tiles ---------------------------------
+ *
+ * dw[k][c] = sum over tiles t of the r x r correlation of the tile's n x n input patch d_t[c]
+ * with its m x m outputs' gradient D_t[k], which is F(r x r, m x m) over the same six points:
+ * A'^T [(G' D_t G'^T) * (B^T d_t B)] A', with the forward's B^T. A' is linear, so the sum over
+ * tiles comes first: M[xi][k][c] = sum over t of (G' D_t[k] G'^T)[xi] (B^T d_t[c] B)[xi] is
+ * n*n GEMMs with the tiles as the long inner dimension, and A'^T M A' is left to the caller. */
+
+/* rows[i][j] -> rows[j][i] for a V_VW x V_VW block: log2(V_VW) rounds of interleaving rows
+ * i and i + V_VW / 2 */
+static inline void V(transpose)(V(vf) *rows)
+{
+    for (int round = 1; round < V_VW; round *= 2) {
+        V(vf) next[V_VW];
+        for (int i = 0; i < V_VW / 2; i++) {
+            next[2 * i] = __builtin_shuffle(rows[i], rows[i + V_VW / 2], V(interleave_lo));
+            next[2 * i + 1] = __builtin_shuffle(rows[i], rows[i + V_VW / 2], V(interleave_hi));
+        }
+        for (int i = 0; i < V_VW; i++)
+            rows[i] = next[i];
+    }
+}
+
+/* ud[xi][k][t] = (G' D_t[k] G'^T)[xi] for filters k < K (rows up to Kp are zeros), the tiles
+ * t0 .. t0 + tb - 1 of tile row ti: D_t[k][a][b] = dout[k][ti*m + a][(t0 + t)*m + b], 0 past
+ * (OH, OW); g: G' (n, m). */
+static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_ssize_t Kp,
+                                   Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
+                                   const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
+                                   Py_ssize_t tb, float *restrict phases, float *restrict ud)
+{
+    const Py_ssize_t nn = WG_N * WG_N;
+    for (Py_ssize_t k = 0; k < K; k++) {
+        for (int a = 0; a < m; a++) {  /* phases[a][b][t] = D_t[k][a][b] */
+            Py_ssize_t row = ti * m + a;
+            const float *src = row < OH ? dout + (k * OH + row) * ldo : NULL;
+            for (int b = 0; b < m; b++)
+                V(phase_copy)(src, t0 * m + b, OW, m, tb, phases + (a * m + b) * tb);
+        }
+        for (Py_ssize_t t = 0; t < tb; t += V_VW) {
+            V(vf) d[WG_MMAX][WG_MMAX], e[WG_N][WG_MMAX];
+            for (int a = 0; a < m; a++)
+                for (int b = 0; b < m; b++)
+                    d[a][b] = *(const V(vf) *)(phases + (a * m + b) * tb + t);
+            for (int mu = 0; mu < WG_N; mu++)  /* e = G' D */
+                for (int b = 0; b < m; b++) {
+                    V(vf) acc = d[0][b] * g[mu * m];
+                    for (int a = 1; a < m; a++)
+                        acc += d[a][b] * g[mu * m + a];
+                    e[mu][b] = acc;
+                }
+            for (int mu = 0; mu < WG_N; mu++)  /* e G'^T */
+                for (int nu = 0; nu < WG_N; nu++) {
+                    V(vf) acc = e[mu][0] * g[nu * m];
+                    for (int b = 1; b < m; b++)
+                        acc += e[mu][b] * g[nu * m + b];
+                    *(V(vf) *)(ud + ((mu * WG_N + nu) * Kp + k) * tb + t) = acc;
+                }
+        }
+    }
+    for (Py_ssize_t xi = 0; xi < nn; xi++)
+        for (Py_ssize_t k = K; k < Kp; k++)
+            for (Py_ssize_t t = 0; t < tb; t++)
+                ud[(xi * Kp + k) * tb + t] = 0;
+}
+
+/* slot[xi][k][c] (Kp x Cp per xi, Kp a multiple of 2 * V_KB, Cp of V_VW) += the products of
+ * one chunk's tiles t < count: its transformed gradients ud[xi][k][t] and inputs
+ * vt[xi][t][c], register-blocked as 2 * V_KB filters by a vector of channels. */
+static void V(gradient_accumulate)(const float *restrict ud, const float *restrict vt,
+                                    Py_ssize_t Kp, Py_ssize_t Cp, Py_ssize_t tb,
+                                    Py_ssize_t count, float *restrict slot)
+{
+    enum { KB = 2 * V_KB };
+    (void)tb;  /* the rows of ud are WG_TILES apart: constant offsets, one base register */
+    for (Py_ssize_t xi = 0; xi < WG_N * WG_N; xi++)
+        for (Py_ssize_t c0 = 0; c0 < Cp; c0 += V_VW)
+            for (Py_ssize_t k0 = 0; k0 < Kp; k0 += KB) {
+                float *s = slot + (xi * Kp + k0) * Cp + c0;
+                const float *u = ud + (xi * Kp + k0) * WG_TILES;
+                const float *v = vt + xi * tb * Cp + c0;
+                V(vf) acc[KB];
+#pragma GCC unroll 16
+                for (int kk = 0; kk < KB; kk++)
+                    acc[kk] = *(V(vf) *)(s + kk * Cp);
+                for (Py_ssize_t t = 0; t < count; t++) {
+                    V(vf) vv = *(const V(vf) *)(v + t * Cp);
+#pragma GCC unroll 16
+                    for (int kk = 0; kk < KB; kk++)
+                        acc[kk] += u[kk * WG_TILES + t] * vv;
+                }
+#pragma GCC unroll 16
+                for (int kk = 0; kk < KB; kk++)
+                    *(V(vf) *)(s + kk * Cp) = acc[kk];
+            }
+}
+
+/* One chunk's share of the weight gradient, added to slot (n*n, Kp, Cp): tiles t0 .. t0 +
+ * count - 1 of tile row ti of one image, x (C, H, W) and dout (K, OH, ldo). */
+static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                               Py_ssize_t PH, Py_ssize_t PW, const float *restrict dout,
+                               Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
+                               const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
+                               Py_ssize_t count, Py_ssize_t tb, Py_ssize_t Kp, Py_ssize_t Cp,
+                               float *restrict slot, float *restrict scratch)
+{
+    const Py_ssize_t nn = WG_N * WG_N;
+    float *v = scratch;               /* nn * C * tb */
+    float *vt = v + nn * C * tb;      /* nn * tb * Cp */
+    float *ud = vt + nn * tb * Cp;    /* nn * Kp * tb */
+    float *phases = ud + nn * Kp * tb; /* WG_N * m * (tb + (WG_N - 1) / m + 1) */
+    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
+    for (Py_ssize_t xi = 0; xi < nn; xi++)  /* vt[xi][t][c] = v[xi][c][t], zeros for c >= C */
+        for (Py_ssize_t t = 0; t < tb; t += V_VW)
+            for (Py_ssize_t c0 = 0; c0 < Cp; c0 += V_VW) {
+                V(vf) rows[V_VW];
+                for (int i = 0; i < V_VW; i++)
+                    rows[i] = c0 + i < C ? *(const V(vf) *)(v + (xi * C + c0 + i) * tb + t) : (V(vf)){0};
+                V(transpose)(rows);
+                for (int i = 0; i < V_VW; i++)
+                    *(V(vf) *)(vt + (xi * tb + t + i) * Cp + c0) = rows[i];
+            }
+    V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, tb, phases, ud);
+    V(gradient_accumulate)(ud, vt, Kp, Cp, tb, count, slot);
 }
