@@ -24,6 +24,7 @@ functions do.
 (2, 4, 2, 2)
 """
 import numbers
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -142,19 +143,22 @@ def conv2d_forward(x, w, b, stride=1, padding=0, algorithm="auto"):
     why_not = _algorithms.unfit("winograd", x.dtype, w.shape, (sh, sw), (1, 1))
     if algorithm == "winograd" and why_not:
         raise ValueError(f"the winograd convolution cannot run this layer: {why_not}")
-    if algorithm == "winograd" or algorithm == "auto" and _winograd_pays(x, w, (sh, sw), pw, (oh, ow)):
+    if algorithm == "winograd" or algorithm == "auto" and _winograd_pays(x.dtype, x.shape, w.shape, (sh, sw),
+                                                                         pw, (oh, ow)):
         return _winograd_conv(x, w, b, (ph, pw), (oh, ow), False, 1, None, None, None), cache
     out = np.empty((x.shape[0], w.shape[0], oh, ow), x.dtype)
     _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
     return out, cache
 
 
-def _winograd_pays(x, w, stride, pad, out_size):
+@lru_cache(maxsize=256)
+def _winograd_pays(dtype, x_shape, w_shape, stride, pad, out_size):
     """Whether a training convolution (float32; its filters change every step, so they are
-    transformed on each call) runs faster by Winograd than by im2col, by the cost model."""
-    if _algorithms.unfit("winograd", x.dtype, w.shape, stride, (1, 1)):
+    transformed on each call) runs faster by Winograd than by im2col, by the cost model
+    (asked once per layer shape: a call of it costs a small layer's microseconds)."""
+    if _algorithms.unfit("winograd", dtype, w_shape, stride, (1, 1)):
         return False
-    costs = _algorithms.cost(x.shape, w.shape, out_size, 1, False, pad)
+    costs = _algorithms.cost(x_shape, w_shape, out_size, 1, False, pad)
     return costs["winograd"] < costs["im2col"]
 
 
@@ -276,8 +280,9 @@ def conv2d_backward(dout, cache, input_grad=True):
     dout = _gradient(dout, x, (n, k, oh, ow))
     # Winograd where the cost model expects it faster (float32, stride 1, 3x3 or 5x5): dw
     # wherever the forward takes it, dx as a correlation of dout (see _winograd_input_gradient)
-    winograd_dw = _winograd_pays(x, w, (sh, sw), pw, (oh, ow))
-    winograd_dx = input_grad and _winograd_input_gradient_pays(x, w, (sh, sw), (ph, pw), (oh, ow))
+    winograd_dw = _winograd_pays(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow))
+    winograd_dx = input_grad and _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (sh, sw), (ph, pw),
+                                                               (oh, ow))
     dx = np.zeros_like(x) if input_grad and not winograd_dx else None
     dw = None if winograd_dw else np.empty((k, w[0].size), x.dtype)
     db = np.empty(k, x.dtype)
@@ -295,18 +300,19 @@ def _flipped(w):
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
-def _winograd_input_gradient_pays(x, w, stride, padding, out_size):
+@lru_cache(maxsize=256)
+def _winograd_input_gradient_pays(dtype, x_shape, w_shape, stride, padding, out_size):
     """Whether dx runs faster as a Winograd correlation of dout (padded by FH - 1 - PH) with
     the flipped filters than by GEMM and col2im, by the cost model. That correlation has
     padding of at least 0 only when PH <= FH - 1 (PW likewise)."""
-    fh, fw = w.shape[2:]
+    fh, fw = w_shape[2:]
     if padding[0] > fh - 1 or padding[1] > fw - 1:
         return False
-    flipped_shape = (w.shape[1], w.shape[0], fh, fw)
-    if _algorithms.unfit("winograd", x.dtype, flipped_shape, stride, (1, 1)):
+    flipped_shape = (w_shape[1], w_shape[0], fh, fw)
+    if _algorithms.unfit("winograd", dtype, flipped_shape, stride, (1, 1)):
         return False
-    dout_shape = (x.shape[0], w.shape[0], *out_size)
-    costs = _algorithms.cost(dout_shape, flipped_shape, x.shape[2:], 1, False, fw - 1 - padding[1])
+    dout_shape = (x_shape[0], w_shape[0], *out_size)
+    costs = _algorithms.cost(dout_shape, flipped_shape, x_shape[2:], 1, False, fw - 1 - padding[1])
     return costs["winograd"] < costs["im2col"]
 
 

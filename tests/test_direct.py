@@ -81,6 +81,7 @@ COPY_CHECK = """
 import json, sys
 import numpy as np
 from detector import layers as L
+from detector import winograd as fast
 from detector._ext import direct, winograd
 rng = np.random.default_rng(0)
 x = rng.standard_normal((2, 3, 29, 75)).astype(np.float32)
@@ -92,6 +93,8 @@ for r in (3, 5):
         for pool in (None, 2):
             outs[f"{algorithm} {r} {pool}"] = L.conv2d_infer(x, w, b, padding=1, relu=True, pool=pool,
                                                              algorithm=algorithm).tolist()
+    dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
+    outs[f"weight gradient {r}"] = fast.weight_gradient(x, dout, r, (1, 1)).tolist()
 print(json.dumps({"isa": [direct.instruction_set(), winograd.instruction_set()], "outs": outs}))
 """
 
@@ -115,3 +118,7 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
             for pool in (None, 2):
                 out = np.array(result["outs"][f"{algorithm} {r} {pool}"], np.float32)
                 np.testing.assert_allclose(out, naive(x, w, b, (1, 1), True, pool), rtol=1e-4, atol=1e-4)
+        dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
+        _, dw, _ = ref.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64),
+                                       (1, 1), (1, 1))
+        np.testing.assert_allclose(result["outs"][f"weight gradient {r}"], dw, rtol=1e-4, atol=1e-3)
