@@ -132,34 +132,40 @@ def conv2d_forward(x, w, b, stride=1, padding=0, algorithm="auto"):
     """2-D cross-correlation with zero padding, as ``torch.nn.functional.conv2d``.
 
     x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache. ``algorithm``:
-    "im2col" (im2col + GEMM), "winograd" (float32, stride 1, 3x3 or 5x5 filters; see
-    :mod:`detector.conv_algorithms`) or "auto": Winograd where its cost model expects it
-    faster (its error: tests/test_winograd.py).
+    "im2col" (im2col + GEMM), "winograd" (float32, stride 1, 3x3 or 5x5 filters), "direct"
+    (float32, stride 1; see :mod:`detector.conv_algorithms`) or "auto": the one its cost
+    model expects fastest (the Winograd error: tests/test_winograd.py). The cache holds x and
+    w alone, whichever runs.
     """
     x, w, b, (sh, sw), (ph, pw), (oh, ow) = _conv_args(x, w, b, stride, padding)
     cache = ConvCache(x, w, (sh, sw), (ph, pw))
-    if algorithm not in ("auto", "im2col", "winograd"):
-        raise ValueError(f"algorithm must be one of 'auto', 'im2col', 'winograd', not {algorithm!r}")
-    why_not = _algorithms.unfit("winograd", x.dtype, w.shape, (sh, sw), (1, 1))
-    if algorithm == "winograd" and why_not:
-        raise ValueError(f"the winograd convolution cannot run this layer: {why_not}")
-    if algorithm == "winograd" or algorithm == "auto" and _winograd_pays(x.dtype, x.shape, w.shape, (sh, sw),
-                                                                         pw, (oh, ow)):
+    if algorithm not in ("auto", "im2col", "winograd", "direct"):
+        raise ValueError(f"algorithm must be one of 'auto', 'im2col', 'winograd', 'direct', not {algorithm!r}")
+    if algorithm == "auto":
+        algorithm = _training_algorithm(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow))
+    why_not = _algorithms.unfit(algorithm, x.dtype, w.shape, (sh, sw), (1, 1))
+    if why_not:
+        raise ValueError(f"the {algorithm} convolution cannot run this layer: {why_not}")
+    if algorithm == "winograd":
         return _winograd_conv(x, w, b, (ph, pw), (oh, ow), False, 1, None, None, None), cache
     out = np.empty((x.shape[0], w.shape[0], oh, ow), x.dtype)
-    _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
+    if algorithm == "direct":
+        _direct.direct_infer(x, w, b, out, ph, pw, False, 1, get_num_threads())
+    else:
+        _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
     return out, cache
 
 
 @lru_cache(maxsize=256)
-def _winograd_pays(dtype, x_shape, w_shape, stride, pad, out_size):
-    """Whether a training convolution (float32; its filters change every step, so they are
-    transformed on each call) runs faster by Winograd than by im2col, by the cost model
-    (asked once per layer shape: a call of it costs a small layer's microseconds)."""
-    if _algorithms.unfit("winograd", dtype, w_shape, stride, (1, 1)):
-        return False
+def _training_algorithm(dtype, x_shape, w_shape, stride, pad, out_size):
+    """The kernel of a training convolution the cost model expects fastest: "im2col" for
+    float64 or a stride above 1, else also "winograd" (its filters change every step, so
+    they are transformed on each call) or "direct". Asked once per layer shape: a call of the
+    cost model costs a small layer's microseconds."""
+    if dtype != np.float32 or tuple(stride) != (1, 1):
+        return "im2col"
     costs = _algorithms.cost(x_shape, w_shape, out_size, 1, False, pad)
-    return costs["winograd"] < costs["im2col"]
+    return min(costs, key=costs.get)
 
 
 def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm="auto",
@@ -279,8 +285,9 @@ def conv2d_backward(dout, cache, input_grad=True):
     ow = output_size(x.shape[3], w.shape[3], pw, sw, "width")
     dout = _gradient(dout, x, (n, k, oh, ow))
     # Winograd where the cost model expects it faster (float32, stride 1, 3x3 or 5x5): dw
-    # wherever the forward takes it, dx as a correlation of dout (see _winograd_input_gradient)
-    winograd_dw = _winograd_pays(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow))
+    # wherever the forward takes it, dx as a correlation of dout (see _winograd_input_gradient);
+    # the rest by im2col and GEMM
+    winograd_dw = _training_algorithm(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow)) == "winograd"
     winograd_dx = input_grad and _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (sh, sw), (ph, pw),
                                                                (oh, ow))
     dx = np.zeros_like(x) if input_grad and not winograd_dx else None

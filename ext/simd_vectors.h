@@ -48,6 +48,21 @@ static inline V(vf) V(relu)(V(vf) v)
     return V(select)((v > 0) | (v != v), v, (V(vf)){0});
 }
 
+/* p[i] = v[i] for i < n (0 < n < V_VW): one masked store where the instruction set has it,
+ * instead of a store per lane */
+static inline void V(store_part)(float *p, V(vf) v, int n)
+{
+#if V_VW == 16
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#elif V_VW == 8
+    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    _mm256_maskstore_ps(p, (__m256i)(lanes < n), (__m256)v);
+#else
+    for (int i = 0; i < n; i++)
+        p[i] = v[i];
+#endif
+}
+
 /* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * tb + t], for V_KB rows of u and all tb
  * columns of v (a multiple of 2 * V_VW): the register-blocked micro-kernel of both kernels */
 static inline void V(gemm_block)(const float *restrict u, Py_ssize_t ldu,

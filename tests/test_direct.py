@@ -13,8 +13,12 @@ from detector import layers as L
 import reference as ref
 
 # (N, C, H, W, K, FH, FW, padding, relu, pool): filters of any shape, rows wider than a
-# register block and narrower, K not a multiple of the filter block, odd outputs under a pool
+# register block and narrower, K not a multiple of the filter block, odd outputs under a pool,
+# narrow unpooled rows (in pairs: an even and an odd number of them, one vector and two wide)
 CASES = [
+    (3, 1, 32, 32, 16, 5, 5, (0, 0), False, None),
+    (2, 2, 17, 12, 5, 5, 5, (1, 0), True, None),
+    (1, 3, 8, 7, 9, 3, 3, (0, 0), False, None),
     (1, 1, 20, 37, 16, 5, 5, (0, 0), True, 2),
     (2, 3, 33, 70, 7, 3, 3, (1, 2), False, None),
     (1, 2, 9, 9, 5, 5, 5, (2, 2), True, 2),
@@ -86,6 +90,9 @@ from detector._ext import direct, winograd
 rng = np.random.default_rng(0)
 x = rng.standard_normal((2, 3, 29, 75)).astype(np.float32)
 outs = {}
+narrow = x[:, :, :, :7].copy()  # rows that go in pairs on every copy
+outs["direct narrow"] = L.conv2d_infer(narrow, np.ones((4, 3, 3, 3), np.float32), np.zeros(4, np.float32),
+                                       algorithm="direct").tolist()
 for r in (3, 5):
     w = rng.standard_normal((11, 3, r, r)).astype(np.float32)
     b = rng.standard_normal(11).astype(np.float32)
@@ -111,6 +118,8 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
         assert result["isa"] == ["baseline", "baseline"]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 29, 75)).astype(np.float32)
+    narrow = naive(x[:, :, :, :7], np.ones((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), (0, 0), False, None)
+    np.testing.assert_allclose(result["outs"]["direct narrow"], narrow, rtol=1e-5, atol=1e-4)
     for r in (3, 5):
         w = rng.standard_normal((11, 3, r, r)).astype(np.float32)
         b = rng.standard_normal(11).astype(np.float32)

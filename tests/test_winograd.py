@@ -215,14 +215,14 @@ def test_narrow_images_run_side_by_side_and_match_the_naive_loop():
 
 
 def test_training_forward_takes_winograd_where_it_pays_and_matches_the_naive_loop():
-    from detector.layers import _winograd_pays
+    from detector.layers import _training_algorithm
 
     rng = np.random.default_rng(9)
     x = rng.standard_normal((64, 16, 14, 14)).astype(np.float32)  # the default net's conv2, batch 64
     w = rng.standard_normal((32, 16, 5, 5)).astype(np.float32)
     b = rng.standard_normal(32).astype(np.float32)
-    assert _winograd_pays(x.dtype, x.shape, w.shape, (1, 1), 0, (10, 10))
-    assert not _winograd_pays(x.dtype, (64, 1, 14, 14), (32, 1, 5, 5), (1, 1), 0, (10, 10))  # one channel: im2col
+    assert _training_algorithm(x.dtype, x.shape, w.shape, (1, 1), 0, (10, 10)) == "winograd"
+    assert _training_algorithm(x.dtype, (64, 1, 14, 14), (32, 1, 5, 5), (1, 1), 0, (10, 10)) != "winograd"
     out, _ = L.conv2d_forward(x, w, b)
     expected, scale = naive(x, w, b, (0, 0), False, None)
     assert np.all(np.abs(out - expected) <= ERROR * scale + 1e-30)
@@ -232,8 +232,10 @@ def test_training_forward_refuses_what_winograd_cannot_run():
     x, w, b = np.zeros((1, 2, 9, 9)), np.zeros((3, 2, 5, 5)), np.zeros(3)
     with pytest.raises(ValueError, match="cannot run this layer: it computes in float32, and x is float64"):
         L.conv2d_forward(x, w, b, algorithm="winograd")
-    with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', not 'direct'"):
+    with pytest.raises(ValueError, match="the direct convolution cannot run this layer: it computes in float32"):
         L.conv2d_forward(x, w, b, algorithm="direct")
+    with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', 'direct', not 'fft'"):
+        L.conv2d_forward(x, w, b, algorithm="fft")
 
 
 @pytest.mark.parametrize("r, width", [(3, 13), (3, 14), (5, 14), (5, 9)])
@@ -315,9 +317,9 @@ def test_input_gradient_by_winograd_matches_the_reference_within_its_error(case)
 
 
 @pytest.mark.parametrize("shape, k, r, pad", [((64, 16, 14, 14), 32, 5, 0), ((8, 16, 32, 32), 32, 3, 1),
-                                              ((1, 16, 40, 60), 32, 5, 0)])
+                                              ((1, 16, 130, 300), 32, 5, 0)])
 def test_training_backward_takes_winograd_where_it_pays_and_matches_the_reference(shape, k, r, pad):
-    from detector.layers import _winograd_input_gradient_pays, _winograd_pays
+    from detector.layers import _training_algorithm, _winograd_input_gradient_pays
 
     rng = np.random.default_rng(r + pad)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -325,7 +327,7 @@ def test_training_backward_takes_winograd_where_it_pays_and_matches_the_referenc
     b = rng.standard_normal(k).astype(np.float32)
     out, cache = L.conv2d_forward(x, w, b, padding=pad)
     out_size = out.shape[2:]
-    assert _winograd_pays(x.dtype, x.shape, w.shape, (1, 1), pad, out_size)
+    assert _training_algorithm(x.dtype, x.shape, w.shape, (1, 1), pad, out_size) == "winograd"
     assert _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (1, 1), (pad, pad), out_size)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     dx, dw, db = L.conv2d_backward(dout, cache)
