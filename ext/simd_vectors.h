@@ -63,11 +63,11 @@ static inline void V(store_part)(float *p, V(vf) v, int n)
 #endif
 }
 
-/* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * tb + t], for V_KB rows of u and all tb
+/* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * ldv + t], for V_KB rows of u and all tb
  * columns of v (a multiple of 2 * V_VW): the register-blocked micro-kernel of both kernels */
 static inline void V(gemm_block)(const float *restrict u, Py_ssize_t ldu,
-                                  const float *restrict v, Py_ssize_t C, Py_ssize_t tb,
-                                  float *restrict m)
+                                  const float *restrict v, Py_ssize_t ldv, Py_ssize_t C,
+                                  Py_ssize_t tb, float *restrict m)
 {
     for (Py_ssize_t t = 0; t < tb; t += 2 * V_VW) {
         V(vf) acc0[V_KB], acc1[V_KB];
@@ -77,8 +77,8 @@ static inline void V(gemm_block)(const float *restrict u, Py_ssize_t ldu,
         }
         const float *vt = v + t;
         for (Py_ssize_t c = 0; c < C; c++) {
-            V(vf) v0 = *(const V(vf) *)(vt + c * tb);
-            V(vf) v1 = *(const V(vf) *)(vt + c * tb + V_VW);
+            V(vf) v0 = *(const V(vf) *)(vt + c * ldv);
+            V(vf) v1 = *(const V(vf) *)(vt + c * ldv + V_VW);
 #pragma GCC unroll 8
             for (int kk = 0; kk < V_KB; kk++) {
                 float uk = u[kk * ldu + c];

@@ -19,13 +19,13 @@ cdef extern from "winograd.h" nogil:
     ctypedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
                                  int, int, int, const float *, const float *, const float *,
-                                 Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  float *, Py_ssize_t, Py_ssize_t, float *) noexcept
     wg_chunk_fn wg_chunk
     ctypedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                     Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                     Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t,
-                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
+                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
                                     float *) noexcept
     wg_gradient_fn wg_gradient_chunk
     Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
@@ -193,7 +193,7 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             t0 = chunk % per_row * tb
             count = min(tb, cols - t0)
             wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
-                     apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count, tb,
+                     apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count,
                      &out[img, 0, 0, 0], OHo, OWo, s)
 
 
@@ -232,7 +232,7 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                 ti = chunk // per_row % rows
                 t0 = chunk % per_row * tb
                 wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[img, 0, 0, 0], K,
-                                  OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0), tb,
+                                  OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0),
                                   Kp, Cp, &slots[group, 0, 0, 0], s)
     # M summed over the slots in order, then A'^T M A' per (k, c)
     cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a

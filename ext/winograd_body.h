@@ -8,7 +8,7 @@
  * caller's scratch, all of it in the core's L2 cache:
  *   1. the chunk's n input rows of every channel, copied with the padding as zeros and split
  *      into their m column phases, so that every later read is contiguous over tiles;
- *   2. V[xi][c][t] = (B^T d B)[xi], the input transform of each tile t and channel c;
+ *   2. V[c][xi][t] = (B^T d B)[xi], the input transform of each tile t and channel c;
  *   3. per block of V_KB filters: M[xi][k][t] = sum over c of U[xi][k][c] V[xi][c][t], a
  *      register-blocked vector micro-kernel (the element-wise stage as n*n small GEMMs);
  *   4. Y = A^T M A per filter and tile, then bias, the ReLU and a max-pool of q x q windows
@@ -99,15 +99,15 @@ static void V(phase_copy)(const float *restrict row, Py_ssize_t first, Py_ssize_
         dst[j] = 0;
 }
 
-/* Steps 1 and 2: v[xi][c][t] for the tiles t0 .. t0 + tb - 1 of tile row ti (m is a
+/* Steps 1 and 2: v[c][xi][t] for the tiles t0 .. t0 + WG_TILES - 1 of tile row ti (m is a
  * constant where input_transform inlines it, so that the tiles' vectors stay in registers). */
 static inline __attribute__((always_inline)) void V(input_transform_m)(
     const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t PH,
-    Py_ssize_t PW, const int m, Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t tb,
+    Py_ssize_t PW, const int m, Py_ssize_t ti, Py_ssize_t t0,
     float *restrict phases, float *restrict v)
 {
     /* phases[r][p][j] = x[c][ti*m - PH + r][(t0 + j)*m - PW + p], 0 outside the image */
-    const Py_ssize_t J = tb + (WG_N - 1) / m + 1;
+    const Py_ssize_t J = WG_TILES + (WG_N - 1) / m + 1;
     const Py_ssize_t col0 = t0 * m - PW;
     for (Py_ssize_t c = 0; c < C; c++) {
         for (int r = 0; r < WG_N; r++) {
@@ -117,7 +117,7 @@ static inline __attribute__((always_inline)) void V(input_transform_m)(
                 V(phase_copy)(src, col0 + p, W, m, J, phases + (r * m + p) * J);
         }
         /* per vector of tiles: e = d B (rows), then v = B^T e (columns) */
-        for (Py_ssize_t t = 0; t < tb; t += V_VW) {
+        for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW) {
             V(vf) e[WG_N][WG_N], o[WG_N];
             for (int r = 0; r < WG_N; r++) {
                 const float *row = phases + r * m * J + t;
@@ -128,7 +128,7 @@ static inline __attribute__((always_inline)) void V(input_transform_m)(
             for (int nu = 0; nu < WG_N; nu++) {
                 V(bt6)(e[0][nu], e[1][nu], e[2][nu], e[3][nu], e[4][nu], e[5][nu], o);
                 for (int mu = 0; mu < WG_N; mu++)
-                    *(V(vf) *)(v + ((Py_ssize_t)(mu * WG_N + nu) * C + c) * tb + t) = o[mu];
+                    *(V(vf) *)(v + (c * WG_N * WG_N + mu * WG_N + nu) * WG_TILES + t) = o[mu];
             }
         }
     }
@@ -136,23 +136,22 @@ static inline __attribute__((always_inline)) void V(input_transform_m)(
 
 static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                                 Py_ssize_t PH, Py_ssize_t PW, int m, Py_ssize_t ti,
-                                Py_ssize_t t0, Py_ssize_t tb, float *restrict phases,
+                                Py_ssize_t t0, float *restrict phases,
                                 float *restrict v)
 {
     if (m == 2)
-        V(input_transform_m)(x, C, H, W, PH, PW, 2, ti, t0, tb, phases, v);
+        V(input_transform_m)(x, C, H, W, PH, PW, 2, ti, t0, phases, v);
     else if (m == 4)
-        V(input_transform_m)(x, C, H, W, PH, PW, 4, ti, t0, tb, phases, v);
+        V(input_transform_m)(x, C, H, W, PH, PW, 4, ti, t0, phases, v);
     else
-        V(input_transform_m)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
+        V(input_transform_m)(x, C, H, W, PH, PW, m, ti, t0, phases, v);
 }
 
 /* Step 4 for one filter: y = A^T M A over the chunk's tiles, then bias, ReLU and pool:
- * fin[(a2 * per + b2) * tb + t] is output (a2, b2) of tile t (per = m / q a side). m and q
+ * fin[(a2 * per + b2) * WG_TILES + t] is output (a2, b2) of tile t (per = m / q a side). m and q
  * are constants where output_transform inlines it: its arrays then live in registers. */
 static inline __attribute__((always_inline)) void V(output_transform_mq)(
-    const float *restrict mk, Py_ssize_t ldxi, const int m, const float *restrict at,
-    Py_ssize_t tb, Py_ssize_t count, float bias, int relu, const int q, float *restrict fin)
+    const float *restrict mk, Py_ssize_t ldxi, const int m, const float *restrict at, Py_ssize_t count, float bias, int relu, const int q, float *restrict fin)
 {
     const int per = m / q;
     for (Py_ssize_t t = 0; t < count; t += V_VW) {
@@ -180,7 +179,7 @@ static inline __attribute__((always_inline)) void V(output_transform_mq)(
                     V(at4)(z[a][0], z[a][1], z[a][2], z[a][3], z[a][4], z[a][5], o);
                     for (int b = 0; b < 4; b++) {
                         V(vf) top = o[b] + bias;
-                        *(V(vf) *)(fin + (a * 4 + b) * tb + t) = relu ? V(relu)(top) : top;
+                        *(V(vf) *)(fin + (a * 4 + b) * WG_TILES + t) = relu ? V(relu)(top) : top;
                     }
                 }
                 continue;
@@ -221,16 +220,16 @@ static inline __attribute__((always_inline)) void V(output_transform_mq)(
                 top += bias;
                 if (relu)
                     top = V(relu)(top);
-                *(V(vf) *)(fin + (a2 * per + b2) * tb + t) = top;
+                *(V(vf) *)(fin + (a2 * per + b2) * WG_TILES + t) = top;
             }
     }
 }
 
 static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m,
-                                 const float *restrict at, Py_ssize_t tb, Py_ssize_t count,
+                                 const float *restrict at, Py_ssize_t count,
                                  float bias, int relu, int q, float *restrict fin)
 {
-#define WG_OT(M, Q) V(output_transform_mq)(mk, ldxi, M, at, tb, count, bias, relu, Q, fin)
+#define WG_OT(M, Q) V(output_transform_mq)(mk, ldxi, M, at, count, bias, relu, Q, fin)
     if (m == 2 && q == 1) WG_OT(2, 1);
     else if (m == 2 && q == 2) WG_OT(2, 2);
     else if (m == 4 && q == 1) WG_OT(4, 1);
@@ -243,7 +242,7 @@ static void V(output_transform)(const float *restrict mk, Py_ssize_t ldxi, int m
  * channel, plus add[0] when add is given; the rows and columns past the output are dropped.
  * per is a constant where store inlines it. */
 static inline __attribute__((always_inline)) void V(store_per)(
-    const float *restrict fin, Py_ssize_t tb, const int per, Py_ssize_t count,
+    const float *restrict fin, const int per, Py_ssize_t count,
     const float *restrict add, Py_ssize_t row0, Py_ssize_t t0, float *restrict out,
     Py_ssize_t OHo, Py_ssize_t OWo)
 {
@@ -252,7 +251,7 @@ static inline __attribute__((always_inline)) void V(store_per)(
         V(vf) best[WG_MMAX][WG_MMAX];
         for (int a2 = 0; a2 < per; a2++)
             for (int b2 = 0; b2 < per; b2++) {
-                best[a2][b2] = *(const V(vf) *)(fin + (a2 * per + b2) * tb + t);
+                best[a2][b2] = *(const V(vf) *)(fin + (a2 * per + b2) * WG_TILES + t);
                 if (add)
                     best[a2][b2] += plus;
             }
@@ -287,21 +286,21 @@ static inline __attribute__((always_inline)) void V(store_per)(
     }
 }
 
-static void V(store)(const float *restrict fin, Py_ssize_t tb, int per, Py_ssize_t count,
+static void V(store)(const float *restrict fin, int per, Py_ssize_t count,
                       const float *restrict add, Py_ssize_t row0, Py_ssize_t t0,
                       float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
 {
     if (per == 1)
-        V(store_per)(fin, tb, 1, count, add, row0, t0, out, OHo, OWo);
+        V(store_per)(fin, 1, count, add, row0, t0, out, OHo, OWo);
     else if (per == 2)
-        V(store_per)(fin, tb, 2, count, add, row0, t0, out, OHo, OWo);
+        V(store_per)(fin, 2, count, add, row0, t0, out, OHo, OWo);
     else if (per == 4)
-        V(store_per)(fin, tb, 4, count, add, row0, t0, out, OHo, OWo);
+        V(store_per)(fin, 4, count, add, row0, t0, out, OHo, OWo);
     else
-        V(store_per)(fin, tb, per, count, add, row0, t0, out, OHo, OWo);
+        V(store_per)(fin, per, count, add, row0, t0, out, OHo, OWo);
 }
 
-/* The whole chunk: tiles t0 .. t0 + count - 1 (count <= tb) of tile row ti of one image.
+/* The whole chunk: tiles t0 .. t0 + count - 1 (count <= WG_TILES) of tile row ti of one image.
  * u: (n*n, Kp, C) with Kp a multiple of 8; out: (K, OHo, OWo) of this image. With a
  * projection (p: (K2p, K), K2p a multiple of 8, and bias p_bias), a 1x1 convolution of the
  * finished outputs: out is then (K2, OHo, OWo), and the K channels are never stored. */
@@ -310,35 +309,35 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
                       Py_ssize_t Kp, const float *restrict bias, int relu, int q,
                       int m, const float *restrict at,
                       const float *restrict p, const float *restrict p_bias, Py_ssize_t K2,
-                      Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t count, Py_ssize_t tb,
+                      Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t count,
                       float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo, float *restrict scratch)
 {
-    const Py_ssize_t nn = WG_N * WG_N, per = m / q, planes = per * per * tb;
+    const Py_ssize_t nn = WG_N * WG_N, per = m / q, planes = per * per * WG_TILES;
     const Py_ssize_t row0 = (ti * m) / q;
-    float *v = scratch;                                  /* nn * C * tb */
-    float *mb = v + nn * C * tb;                         /* nn * V_KB * tb */
-    float *fin = mb + nn * V_KB * tb;                   /* Kp * planes with p, else planes */
-    float *phases = fin + (p ? Kp : 1) * planes;         /* WG_N * m * (tb + (WG_N - 1) / m + 1) */
-    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
+    float *v = scratch;                                  /* nn * C * WG_TILES */
+    float *mb = v + nn * C * WG_TILES;                         /* nn * V_KB * WG_TILES */
+    float *fin = mb + nn * V_KB * WG_TILES;                   /* Kp * planes with p, else planes */
+    float *phases = fin + (p ? Kp : 1) * planes;         /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1) */
+    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, phases, v);
     for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
         for (Py_ssize_t xi = 0; xi < nn; xi++)
-            V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * C * tb, C, tb,
-                           mb + xi * V_KB * tb);
+            V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * WG_TILES, nn * WG_TILES, C,
+                           WG_TILES, mb + xi * V_KB * WG_TILES);
         for (int kk = 0; kk < V_KB && k0 + kk < K; kk++) {
             float *f = p ? fin + (k0 + kk) * planes : fin;
-            V(output_transform)(mb + kk * tb, V_KB * tb, m, at, tb, count, bias[k0 + kk],
+            V(output_transform)(mb + kk * WG_TILES, V_KB * WG_TILES, m, at, count, bias[k0 + kk],
                                  relu, q, f);
             if (!p)
-                V(store)(f, tb, per, count, NULL, row0, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
+                V(store)(f, per, count, NULL, row0, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
         }
     }
     if (!p)
         return;
     /* the projection: V_KB output channels at a time, over every finished output */
     for (Py_ssize_t j0 = 0; j0 < K2; j0 += V_KB) {
-        V(gemm_block)(p + j0 * K, K, fin, K, planes, mb);
+        V(gemm_block)(p + j0 * K, K, fin, planes, K, planes, mb);
         for (int jj = 0; jj < V_KB && j0 + jj < K2; jj++)
-            V(store)(mb + jj * planes, tb, per, count, p_bias + j0 + jj, row0, t0,
+            V(store)(mb + jj * planes, per, count, p_bias + j0 + jj, row0, t0,
                       out + (j0 + jj) * OHo * OWo, OHo, OWo);
     }
 }
@@ -367,12 +366,11 @@ static inline void V(transpose)(V(vf) *rows)
 }
 
 /* ud[xi][k][t] = (G' D_t[k] G'^T)[xi] for filters k < K (rows up to Kp are zeros), the tiles
- * t0 .. t0 + tb - 1 of tile row ti: D_t[k][a][b] = dout[k][ti*m + a][(t0 + t)*m + b], 0 past
+ * t0 .. t0 + WG_TILES - 1 of tile row ti: D_t[k][a][b] = dout[k][ti*m + a][(t0 + t)*m + b], 0 past
  * (OH, OW); g: G' (n, m). */
 static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_ssize_t Kp,
                                    Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
-                                   const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
-                                   Py_ssize_t tb, float *restrict phases, float *restrict ud)
+                                   const float *restrict g, Py_ssize_t ti, Py_ssize_t t0, float *restrict phases, float *restrict ud)
 {
     const Py_ssize_t nn = WG_N * WG_N;
     for (Py_ssize_t k = 0; k < K; k++) {
@@ -380,13 +378,13 @@ static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_s
             Py_ssize_t row = ti * m + a;
             const float *src = row < OH ? dout + (k * OH + row) * ldo : NULL;
             for (int b = 0; b < m; b++)
-                V(phase_copy)(src, t0 * m + b, OW, m, tb, phases + (a * m + b) * tb);
+                V(phase_copy)(src, t0 * m + b, OW, m, WG_TILES, phases + (a * m + b) * WG_TILES);
         }
-        for (Py_ssize_t t = 0; t < tb; t += V_VW) {
+        for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW) {
             V(vf) d[WG_MMAX][WG_MMAX], e[WG_N][WG_MMAX];
             for (int a = 0; a < m; a++)
                 for (int b = 0; b < m; b++)
-                    d[a][b] = *(const V(vf) *)(phases + (a * m + b) * tb + t);
+                    d[a][b] = *(const V(vf) *)(phases + (a * m + b) * WG_TILES + t);
             for (int mu = 0; mu < WG_N; mu++)  /* e = G' D */
                 for (int b = 0; b < m; b++) {
                     V(vf) acc = d[0][b] * g[mu * m];
@@ -399,31 +397,30 @@ static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_s
                     V(vf) acc = e[mu][0] * g[nu * m];
                     for (int b = 1; b < m; b++)
                         acc += e[mu][b] * g[nu * m + b];
-                    *(V(vf) *)(ud + ((mu * WG_N + nu) * Kp + k) * tb + t) = acc;
+                    *(V(vf) *)(ud + ((mu * WG_N + nu) * Kp + k) * WG_TILES + t) = acc;
                 }
         }
     }
     for (Py_ssize_t xi = 0; xi < nn; xi++)
         for (Py_ssize_t k = K; k < Kp; k++)
-            for (Py_ssize_t t = 0; t < tb; t++)
-                ud[(xi * Kp + k) * tb + t] = 0;
+            for (Py_ssize_t t = 0; t < WG_TILES; t++)
+                ud[(xi * Kp + k) * WG_TILES + t] = 0;
 }
 
 /* slot[xi][k][c] (Kp x Cp per xi, Kp a multiple of 2 * V_KB, Cp of V_VW) += the products of
  * one chunk's tiles t < count: its transformed gradients ud[xi][k][t] and inputs
  * vt[xi][t][c], register-blocked as 2 * V_KB filters by a vector of channels. */
 static void V(gradient_accumulate)(const float *restrict ud, const float *restrict vt,
-                                    Py_ssize_t Kp, Py_ssize_t Cp, Py_ssize_t tb,
+                                    Py_ssize_t Kp, Py_ssize_t Cp,
                                     Py_ssize_t count, float *restrict slot)
 {
     enum { KB = 2 * V_KB };
-    (void)tb;  /* the rows of ud are WG_TILES apart: constant offsets, one base register */
     for (Py_ssize_t xi = 0; xi < WG_N * WG_N; xi++)
         for (Py_ssize_t c0 = 0; c0 < Cp; c0 += V_VW)
             for (Py_ssize_t k0 = 0; k0 < Kp; k0 += KB) {
                 float *s = slot + (xi * Kp + k0) * Cp + c0;
                 const float *u = ud + (xi * Kp + k0) * WG_TILES;
-                const float *v = vt + xi * tb * Cp + c0;
+                const float *v = vt + xi * WG_TILES * Cp + c0;
                 V(vf) acc[KB];
 #pragma GCC unroll 16
                 for (int kk = 0; kk < KB; kk++)
@@ -446,25 +443,25 @@ static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t 
                                Py_ssize_t PH, Py_ssize_t PW, const float *restrict dout,
                                Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
                                const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
-                               Py_ssize_t count, Py_ssize_t tb, Py_ssize_t Kp, Py_ssize_t Cp,
+                               Py_ssize_t count, Py_ssize_t Kp, Py_ssize_t Cp,
                                float *restrict slot, float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N;
-    float *v = scratch;               /* nn * C * tb */
-    float *vt = v + nn * C * tb;      /* nn * tb * Cp */
-    float *ud = vt + nn * tb * Cp;    /* nn * Kp * tb */
-    float *phases = ud + nn * Kp * tb; /* WG_N * m * (tb + (WG_N - 1) / m + 1) */
-    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, tb, phases, v);
-    for (Py_ssize_t xi = 0; xi < nn; xi++)  /* vt[xi][t][c] = v[xi][c][t], zeros for c >= C */
-        for (Py_ssize_t t = 0; t < tb; t += V_VW)
+    float *v = scratch;               /* nn * C * WG_TILES */
+    float *vt = v + nn * C * WG_TILES;      /* nn * WG_TILES * Cp */
+    float *ud = vt + nn * WG_TILES * Cp;    /* nn * Kp * WG_TILES */
+    float *phases = ud + nn * Kp * WG_TILES; /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1) */
+    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, phases, v);
+    for (Py_ssize_t xi = 0; xi < nn; xi++)  /* vt[xi][t][c] = v[c][xi][t], zeros for c >= C */
+        for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW)
             for (Py_ssize_t c0 = 0; c0 < Cp; c0 += V_VW) {
                 V(vf) rows[V_VW];
                 for (int i = 0; i < V_VW; i++)
-                    rows[i] = c0 + i < C ? *(const V(vf) *)(v + (xi * C + c0 + i) * tb + t) : (V(vf)){0};
+                    rows[i] = c0 + i < C ? *(const V(vf) *)(v + ((c0 + i) * nn + xi) * WG_TILES + t) : (V(vf)){0};
                 V(transpose)(rows);
                 for (int i = 0; i < V_VW; i++)
-                    *(V(vf) *)(vt + (xi * tb + t + i) * Cp + c0) = rows[i];
+                    *(V(vf) *)(vt + (xi * WG_TILES + t + i) * Cp + c0) = rows[i];
             }
-    V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, tb, phases, ud);
-    V(gradient_accumulate)(ud, vt, Kp, Cp, tb, count, slot);
+    V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, phases, ud);
+    V(gradient_accumulate)(ud, vt, Kp, Cp, count, slot);
 }
