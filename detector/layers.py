@@ -235,17 +235,16 @@ def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     if slot is None:
         _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra)
         return out
-    # in groups whose wide copies (input and output) take at most SIDE_BY_SIDE_BYTES
-    per_image = 4 * slot * (c * h + out.shape[1] * (oh // q) // q)
+    # in groups whose wide copies take at most SIDE_BY_SIDE_BYTES; the kernel writes each
+    # image's outputs in place
+    per_image = 4 * slot * c * h
     group = max(1, min(n, SIDE_BY_SIDE_BYTES // per_image))
     for g0 in range(0, n, group):
         g = min(group, n - g0)
         wide = np.empty((1, c, h, g * slot), np.float32)
         _wg.to_wide(x[g0:g0 + g], pw, wide, threads)
-        wide_ow = g * slot - r + 1
-        y = np.empty((1, out.shape[1], oh // q, wide_ow // q), np.float32)
-        _wg.winograd_infer(wide, filters.u, b, at, y, ph, 0, oh, wide_ow, bool(relu), q, threads, **extra)
-        _wg.from_wide(y, slot // q, out[g0:g0 + g], threads)
+        _wg.winograd_infer(wide, filters.u, b, at, out[g0:g0 + g], ph, 0, oh, g * slot - r + 1, bool(relu), q,
+                           threads, **extra, slot=slot)
     return out
 
 

@@ -13,6 +13,13 @@
  * input (n*n x C x WG_TILES floats) stays in L2 for the channel counts of small nets */
 #define WG_TILES 32
 
+/* Where a chunk's outputs go when the images ran side by side as one wide image: image i's
+ * output column j is the wide output's column i * slot + j, kept when j < ow; images are
+ * stride floats apart in out. slot 0: out is the wide output itself. */
+typedef struct {
+    Py_ssize_t slot, n, ow, stride;
+} wg_outputs;
+
 #define SIMD_BODY "winograd_body.h"
 #include "simd.h"
 
@@ -20,7 +27,7 @@ typedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, P
                             Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
                             int, int, int, const float *, const float *, const float *,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
-                            Py_ssize_t, Py_ssize_t, float *);
+                            Py_ssize_t, Py_ssize_t, const wg_outputs *, float *);
 
 typedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -44,7 +51,7 @@ static void wg_select(void)
 static Py_ssize_t wg_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects, int m, Py_ssize_t tb)
 {
     return WG_N * WG_N * (C + WG_KB_MAX) * tb + (projects ? Kp : 1) * m * m * tb
-           + WG_N * m * (tb + (WG_N - 1) / m + 1);
+           + WG_N * m * (tb + (WG_N - 1) / m + 1) + m * m * tb;
 }
 
 /* floats of scratch one thread needs for the weight gradient's chunks of tb tiles */

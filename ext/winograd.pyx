@@ -16,11 +16,14 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memcpy, memset
 
 cdef extern from "winograd.h" nogil:
+    ctypedef struct wg_outputs:
+        Py_ssize_t slot, n, ow, stride
     ctypedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
                                  int, int, int, const float *, const float *, const float *,
                                  Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                 float *, Py_ssize_t, Py_ssize_t, float *) noexcept
+                                 float *, Py_ssize_t, Py_ssize_t, const wg_outputs *,
+                                 float *) noexcept
     wg_chunk_fn wg_chunk
     ctypedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                     Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -133,26 +136,6 @@ def to_wide(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                     memset(row + PW + W, 0, (Wp - PW - W) * sizeof(float))
 
 
-def from_wide(const float[:, :, :, ::1] wide,  # IN (1, K, OH, >= (N - 1) * per + OW)
-              Py_ssize_t per, float[:, :, :, ::1] out,  # OUT (N, K, OH, OW)
-              int num_threads):
-    """out[n, k, h, j] = wide[0, k, h, n * per + j]: each image's outputs from the row."""
-    cdef Py_ssize_t N = out.shape[0], K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t k, h, n, j
-    cdef float *dst
-    cdef const float *src
-    if N == 0 or OH == 0:
-        return
-    with nogil:
-        for k in prange(K, num_threads=num_threads, schedule='static'):
-            for n in range(N):
-                for h in range(OH):
-                    dst = &out[n, k, h, 0]
-                    src = &wide[0, k, h, n * per]
-                    for j in range(OW):
-                        dst[j] = src[j]
-
-
 def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    const float[:, :, ::1] u,  # IN (n*n, Kp, C), Kp a multiple of FILTER_BLOCK
                    const float[::1] b,  # IN (K,)
@@ -161,15 +144,22 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OH, Py_ssize_t OW,
                    bint apply_relu, int q, int num_threads,
                    const float[:, ::1] p=None,  # IN (K2p, K), K2p a multiple of FILTER_BLOCK
-                   const float[::1] p_bias=None):  # IN (K2,)
+                   const float[::1] p_bias=None,  # IN (K2,)
+                   Py_ssize_t slot=0):
     """The convolution, bias, ReLU and pool; with p, then the 1x1 convolution p, p_bias of
-    that (out has K2 = p_bias.shape[0] channels)."""
+    that (out has K2 = p_bias.shape[0] channels). slot > 0: x is images side by side, slot
+    columns apart (see to_wide), and out holds each image's outputs: (images, K, OH // q,
+    OW // q), image i's from the wide output's columns i * slot // q on."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = b.shape[0], Kp = u.shape[1]
     cdef int m = at.shape[0]
     cdef bint projects = p is not None
     cdef Py_ssize_t K2 = p_bias.shape[0] if projects else 0
     cdef Py_ssize_t OHo = out.shape[2], OWo = out.shape[3]
+    cdef wg_outputs side
+    side.slot, side.n, side.ow, side.stride = slot // q, out.shape[0], OWo, out.shape[1] * OHo * OWo
+    if slot:  # the wide output's columns, of which the images' are kept
+        OWo = (W - (WG_N - m)) // q
     # the tiles that hold an output that is kept (with a pool, the rows and columns of
     # incomplete windows are never computed)
     cdef Py_ssize_t rows = (OHo * q + m - 1) // m, cols = (OWo * q + m - 1) // m
@@ -194,7 +184,7 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             count = min(tb, cols - t0)
             wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
                      apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count,
-                     &out[img, 0, 0, 0], OHo, OWo, s)
+                     &out[0 if slot else img, 0, 0, 0], OHo, OWo, &side, s)
 
 
 def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)

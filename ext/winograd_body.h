@@ -300,6 +300,36 @@ static void V(store)(const float *restrict fin, int per, Py_ssize_t count,
         V(store_per)(fin, per, count, add, row0, t0, out, OHo, OWo);
 }
 
+/* store() of output channel k of out (OHo, OWo), or, side by side, into the chunk's wide
+ * rows in buf and from there into each image's own rows: runs of at most a row of an image,
+ * copied by whole vectors and a masked one. */
+static void V(emit)(const float *restrict fin, int per, Py_ssize_t count,
+                     const float *restrict add, Py_ssize_t row0, Py_ssize_t t0,
+                     float *restrict out, Py_ssize_t k, Py_ssize_t OHo, Py_ssize_t OWo,
+                     const wg_outputs *side, float *restrict buf)
+{
+    if (!side->slot) {
+        V(store)(fin, per, count, add, row0, t0, out + k * OHo * OWo, OHo, OWo);
+        return;
+    }
+    const Py_ssize_t rows = OHo - row0 < per ? OHo - row0 : per, len = count * per;
+    V(store)(fin, per, count, add, 0, 0, buf, rows, len);
+    for (Py_ssize_t a2 = 0; a2 < rows; a2++)
+        for (Py_ssize_t i = 0; i < len;) {
+            Py_ssize_t X = t0 * per + i, n = X / side->slot, col = X - n * side->slot;
+            Py_ssize_t end = i + side->slot - col < len ? i + side->slot - col : len;
+            Py_ssize_t kept = n < side->n && col < side->ow ? (side->ow - col < end - i ? side->ow - col : end - i) : 0;
+            float *dst = out + n * side->stride + (k * OHo + row0 + a2) * side->ow + col;
+            const float *src = buf + a2 * len + i;
+            Py_ssize_t j = 0;
+            for (; j + V_VW <= kept; j += V_VW)
+                *(V(vf) *)(dst + j) = *(const V(vf) *)(src + j);
+            if (j < kept)
+                V(store_part)(dst + j, *(const V(vf) *)(src + j), (int)(kept - j));
+            i = end;
+        }
+}
+
 /* The whole chunk: tiles t0 .. t0 + count - 1 (count <= WG_TILES) of tile row ti of one image.
  * u: (n*n, Kp, C) with Kp a multiple of 8; out: (K, OHo, OWo) of this image. With a
  * projection (p: (K2p, K), K2p a multiple of 8, and bias p_bias), a 1x1 convolution of the
@@ -310,14 +340,16 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
                       int m, const float *restrict at,
                       const float *restrict p, const float *restrict p_bias, Py_ssize_t K2,
                       Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t count,
-                      float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo, float *restrict scratch)
+                      float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo,
+                      const wg_outputs *side, float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N, per = m / q, planes = per * per * WG_TILES;
     const Py_ssize_t row0 = (ti * m) / q;
     float *v = scratch;                                  /* nn * C * WG_TILES */
     float *mb = v + nn * C * WG_TILES;                         /* nn * V_KB * WG_TILES */
     float *fin = mb + nn * V_KB * WG_TILES;                   /* Kp * planes with p, else planes */
-    float *phases = fin + (p ? Kp : 1) * planes;         /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1) */
+    float *rows = fin + (p ? Kp : 1) * planes;          /* m * m * WG_TILES: emit's wide rows */
+    float *phases = rows + m * m * WG_TILES;         /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1) */
     V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, phases, v);
     for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
         for (Py_ssize_t xi = 0; xi < nn; xi++)
@@ -328,7 +360,7 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
             V(output_transform)(mb + kk * WG_TILES, V_KB * WG_TILES, m, at, count, bias[k0 + kk],
                                  relu, q, f);
             if (!p)
-                V(store)(f, per, count, NULL, row0, t0, out + (k0 + kk) * OHo * OWo, OHo, OWo);
+                V(emit)(f, per, count, NULL, row0, t0, out, k0 + kk, OHo, OWo, side, rows);
         }
     }
     if (!p)
@@ -337,8 +369,8 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
     for (Py_ssize_t j0 = 0; j0 < K2; j0 += V_KB) {
         V(gemm_block)(p + j0 * K, K, fin, planes, K, planes, mb);
         for (int jj = 0; jj < V_KB && j0 + jj < K2; jj++)
-            V(store)(mb + jj * planes, per, count, p_bias + j0 + jj, row0, t0,
-                      out + (j0 + jj) * OHo * OWo, OHo, OWo);
+            V(emit)(mb + jj * planes, per, count, p_bias + j0 + jj, row0, t0, out, j0 + jj,
+                     OHo, OWo, side, rows);
     }
 }
 
