@@ -290,11 +290,13 @@ def conv2d_backward(dout, cache, input_grad=True):
     winograd_dx = input_grad and _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (sh, sw), (ph, pw),
                                                                (oh, ow))
     dx = np.zeros_like(x) if input_grad and not winograd_dx else None
-    dw = None if winograd_dw else np.empty((k, w[0].size), x.dtype)
-    db = np.empty(k, x.dtype)
-    _conv.conv2d_backward(dout, x, w, dx, dw, db, sh, sw, ph, pw, get_num_threads())
     if winograd_dw:
-        dw = _winograd.weight_gradient(x, dout, w.shape[2], (ph, pw))
+        dw, db = _winograd.weight_gradient(x, dout, w.shape[2], (ph, pw))
+    if dx is not None or not winograd_dw:  # the GEMM kernel: its dx, and dw and db unless Winograd's
+        gemm_dw, gemm_db = None if winograd_dw else np.empty((k, w[0].size), x.dtype), np.empty(k, x.dtype)
+        _conv.conv2d_backward(dout, x, w, dx, gemm_dw, gemm_db, sh, sw, ph, pw, get_num_threads())
+        if not winograd_dw:
+            dw, db = gemm_dw, gemm_db
     if winograd_dx:
         dx = _winograd_input_gradient(dout, w, (ph, pw), x.shape[2:])
     return dx, dw.reshape(w.shape), db

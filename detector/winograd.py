@@ -138,7 +138,7 @@ def layout(n, width, pad, r, out_h, out_w, pool=1):
 
 
 def weight_gradient(x, dout, r, padding):
-    """dw (K, C, r, r) of a stride-1 convolution of float32 x (N, C, H, W) with padding
+    """dw (K, C, r, r) and db (K,) of a stride-1 convolution of float32 x (N, C, H, W) with padding
     (PH, PW) whose outputs' gradient is dout (N, K, OH, OW), by F(r x r, m x m) over the
     forward's tiles: each tile's m x m gradients and n x n input patch, summed over the tiles
     in the transformed domain (n*n GEMMs), in float32 per group of tiles, then in float64.
@@ -157,7 +157,7 @@ def weight_gradient(x, dout, r, padding):
     kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
     cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
     slots = np.empty((_kernel.GRADIENT_GROUPS, g.shape[0] ** 2, kp, cp), np.float32)
-    dw = np.empty((k, c, r, r), np.float32)
-    _kernel.weight_gradient(x, dout, g.astype(np.float32), transforms(r, m)[0], slots, dw,
+    dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
+    _kernel.weight_gradient(x, dout, g.astype(np.float32), transforms(r, m)[0], slots, dw, db,
                             ph, pw, ow, threads)
-    return dw
+    return dw, db

@@ -32,7 +32,7 @@ typedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, P
 typedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                               Py_ssize_t, Py_ssize_t, float *, float *);
+                               Py_ssize_t, Py_ssize_t, float *, double *, float *);
 
 static wg_chunk_fn wg_chunk = chunk_base;
 static wg_gradient_fn wg_gradient_chunk = gradient_chunk_base;

@@ -402,7 +402,8 @@ static inline void V(transpose)(V(vf) *rows)
  * (OH, OW); g: G' (n, m). */
 static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_ssize_t Kp,
                                    Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
-                                   const float *restrict g, Py_ssize_t ti, Py_ssize_t t0, float *restrict phases, float *restrict ud)
+                                   const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
+                                   float *restrict phases, float *restrict ud, double *restrict db)
 {
     const Py_ssize_t nn = WG_N * WG_N;
     for (Py_ssize_t k = 0; k < K; k++) {
@@ -412,11 +413,14 @@ static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_s
             for (int b = 0; b < m; b++)
                 V(phase_copy)(src, t0 * m + b, OW, m, WG_TILES, phases + (a * m + b) * WG_TILES);
         }
+        V(vf) sum = {0};  /* the bias gradient's share: every D_t[k] value, zeros past (OH, OW) */
         for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW) {
             V(vf) d[WG_MMAX][WG_MMAX], e[WG_N][WG_MMAX];
             for (int a = 0; a < m; a++)
-                for (int b = 0; b < m; b++)
+                for (int b = 0; b < m; b++) {
                     d[a][b] = *(const V(vf) *)(phases + (a * m + b) * WG_TILES + t);
+                    sum += d[a][b];
+                }
             for (int mu = 0; mu < WG_N; mu++)  /* e = G' D */
                 for (int b = 0; b < m; b++) {
                     V(vf) acc = d[0][b] * g[mu * m];
@@ -432,6 +436,10 @@ static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_s
                     *(V(vf) *)(ud + ((mu * WG_N + nu) * Kp + k) * WG_TILES + t) = acc;
                 }
         }
+        double total = 0;
+        for (int lane = 0; lane < V_VW; lane++)
+            total += sum[lane];
+        db[k] += total;
     }
     for (Py_ssize_t xi = 0; xi < nn; xi++)
         for (Py_ssize_t k = K; k < Kp; k++)
@@ -469,14 +477,16 @@ static void V(gradient_accumulate)(const float *restrict ud, const float *restri
             }
 }
 
-/* One chunk's share of the weight gradient, added to slot (n*n, Kp, Cp): tiles t0 .. t0 +
+/* One chunk's share of the weight gradient, added to slot (n*n, Kp, Cp), and of the bias
+ * gradient, added to db (K,) (each filter's values of the chunk summed in float32, by
+ * lanes, then in double): tiles t0 .. t0 +
  * count - 1 of tile row ti of one image, x (C, H, W) and dout (K, OH, ldo). */
 static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                                Py_ssize_t PH, Py_ssize_t PW, const float *restrict dout,
                                Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
                                const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
                                Py_ssize_t count, Py_ssize_t Kp, Py_ssize_t Cp,
-                               float *restrict slot, float *restrict scratch)
+                               float *restrict slot, double *restrict db, float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N;
     float *v = scratch;               /* nn * C * WG_TILES */
@@ -494,6 +504,6 @@ static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t 
                 for (int i = 0; i < V_VW; i++)
                     *(V(vf) *)(vt + (xi * WG_TILES + t + i) * Cp + c0) = rows[i];
             }
-    V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, phases, ud);
+    V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, phases, ud, db);
     V(gradient_accumulate)(ud, vt, Kp, Cp, count, slot);
 }

@@ -101,7 +101,7 @@ for r in (3, 5):
             outs[f"{algorithm} {r} {pool}"] = L.conv2d_infer(x, w, b, padding=1, relu=True, pool=pool,
                                                              algorithm=algorithm).tolist()
     dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
-    outs[f"weight gradient {r}"] = fast.weight_gradient(x, dout, r, (1, 1)).tolist()
+    outs[f"weight gradient {r}"] = fast.weight_gradient(x, dout, r, (1, 1))[0].tolist()
 print(json.dumps({"isa": [direct.instruction_set(), winograd.instruction_set()], "outs": outs}))
 """
 

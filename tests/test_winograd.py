@@ -296,10 +296,12 @@ def test_weight_gradient_matches_the_reference_within_its_error(case):
     w = rng.standard_normal((k, c, r, r)).astype(np.float32)
     oh, ow = h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1
     dout = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
-    (_, dw, _), (_, scale) = reference_gradients(x, w, dout, padding)
-    got = winograd.weight_gradient(x, dout, r, padding)
+    (_, dw, db), (_, scale) = reference_gradients(x, w, dout, padding)
+    got, got_db = winograd.weight_gradient(x, dout, r, padding)
     assert got.dtype == np.float32 and got.shape == w.shape
     assert np.all(np.abs(got - dw) <= ERROR * scale)
+    # the bias gradient, summed in float32 within a chunk's tiles and in float64 over them
+    np.testing.assert_allclose(got_db, db, rtol=1e-5, atol=1e-5 * np.abs(dout).sum(axis=(0, 2, 3)).max())
 
 
 @pytest.mark.parametrize("case", GRADIENT_CASES)
@@ -349,8 +351,8 @@ def test_backward_gives_identical_bits_for_any_thread_count(same_bits_for_any_th
     dout = rng.standard_normal((9, 20, 10, 10)).astype(np.float32)
     dout3 = rng.standard_normal((1, 6, 70, 130)).astype(np.float32)
     same_bits_for_any_thread_count(lambda: [
-        winograd.weight_gradient(x, dout, 5, (0, 0)), L._winograd_input_gradient(dout, w, (0, 0), (14, 14)),
-        winograd.weight_gradient(big, dout3, 3, (1, 1)), L._winograd_input_gradient(dout3, w3, (1, 1), (70, 130))])
+        *winograd.weight_gradient(x, dout, 5, (0, 0)), L._winograd_input_gradient(dout, w, (0, 0), (14, 14)),
+        *winograd.weight_gradient(big, dout3, 3, (1, 1)), L._winograd_input_gradient(dout3, w3, (1, 1), (70, 130))])
 
 
 def test_weight_gradient_transforms_are_those_of_the_module():
