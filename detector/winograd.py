@@ -147,17 +147,15 @@ def weight_gradient(x, dout, r, padding):
     ph, pw = padding
     m, threads = TILES[r], get_num_threads()
     _, slot = layout(n, width, pw, r, oh, ow)
-    if slot is not None:  # one wide image: zeros between the images' outputs and inputs
+    if slot is not None:  # one wide image: zeros between the images' inputs
         wide_x = np.empty((1, c, h, n * slot), np.float32)
         _kernel.to_wide(x, pw, wide_x, threads)
-        wide_dout = np.empty((1, k, oh, n * slot), np.float32)
-        _kernel.to_wide(dout, 0, wide_dout, threads)
-        x, dout, pw, ow = wide_x, wide_dout, 0, n * slot - r + 1
+        x, pw, ow = wide_x, 0, n * slot - r + 1  # dout is read where it lies
     _, g, _ = transforms(r, m)  # G' of F(r, m): the m x m gradients' transform
     kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
     cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
     slots = np.empty((_kernel.GRADIENT_GROUPS, g.shape[0] ** 2, kp, cp), np.float32)
     dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
     _kernel.weight_gradient(x, dout, g.astype(np.float32), transforms(r, m)[0], slots, dw, db,
-                            ph, pw, ow, threads)
+                            ph, pw, ow, threads, slot or 0)
     return dw, db

@@ -63,6 +63,23 @@ static inline void V(store_part)(float *p, V(vf) v, int n)
 #endif
 }
 
+/* p[i] for i < n (0 < n < V_VW), zeros past them, reading no further: a masked load where
+ * the instruction set has it */
+static inline V(vf) V(load_part)(const float *p, int n)
+{
+#if V_VW == 16
+    return (V(vf))_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+#elif V_VW == 8
+    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    return (V(vf))_mm256_maskload_ps(p, (__m256i)(lanes < n));
+#else
+    V(vf) v = {0};
+    for (int i = 0; i < n; i++)
+        v[i] = p[i];
+    return v;
+#endif
+}
+
 /* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * ldv + t], for V_KB rows of u and all tb
  * columns of v (a multiple of 2 * V_VW): the register-blocked micro-kernel of both kernels */
 static inline void V(gemm_block)(const float *restrict u, Py_ssize_t ldu,

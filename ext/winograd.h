@@ -15,7 +15,8 @@
 
 /* Where a chunk's outputs go when the images ran side by side as one wide image: image i's
  * output column j is the wide output's column i * slot + j, kept when j < ow; images are
- * stride floats apart in out. slot 0: out is the wide output itself. */
+ * stride floats apart in out. slot 0: out is the wide output itself. The weight gradient
+ * reads its output gradients from the images the same way. */
 typedef struct {
     Py_ssize_t slot, n, ow, stride;
 } wg_outputs;
@@ -32,7 +33,8 @@ typedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, P
 typedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                               Py_ssize_t, Py_ssize_t, float *, double *, float *);
+                               Py_ssize_t, Py_ssize_t, const wg_outputs *, float *, double *,
+                               float *);
 
 static wg_chunk_fn wg_chunk = chunk_base;
 static wg_gradient_fn wg_gradient_chunk = gradient_chunk_base;

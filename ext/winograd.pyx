@@ -28,8 +28,8 @@ cdef extern from "winograd.h" nogil:
     ctypedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                     Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                     Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t,
-                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, double *,
-                                    float *) noexcept
+                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, const wg_outputs *,
+                                    float *, double *, float *) noexcept
     wg_gradient_fn wg_gradient_chunk
     Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
                                           Py_ssize_t tb)
@@ -194,12 +194,15 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                     float[:, :, :, ::1] slots,  # SCRATCH (groups, N*N, Kp, Cp)
                     float[:, :, :, ::1] dw,  # OUT (K, C, r, r)
                     float[::1] db,  # OUT (K,)
-                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, int num_threads):
+                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, int num_threads,
+                    Py_ssize_t slot=0):
     """dw[k, c] = A'^T M A', M[xi] the sum over the tiles t of (G' D_t[k] G'^T)[xi] times
     (B^T d_t[c] B)[xi], D_t the tile's m x m outputs' gradient and d_t its input patch (see
     winograd_body.h). Chunks are the forward's; slot s sums a run of them fixed by the
     shapes alone, and the slots are summed in order, in float64. db: the sum of dout, from
-    the values the chunks read, in float64 slots summed likewise."""
+    the values the chunks read, in float64 slots summed likewise. slot > 0: x is images side
+    by side, slot columns apart (see to_wide), OW the wide output's columns, and dout holds
+    each image's output gradients, read where they lie."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], ldo = dout.shape[3]
     cdef Py_ssize_t groups = slots.shape[0], Kp = slots.shape[2], Cp = slots.shape[3]
@@ -211,6 +214,8 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t group, chunk, img, ti, t0, offset, b
     cdef float *s
     cdef double[:, ::1] db_slots = np.zeros((groups, K))
+    cdef wg_outputs side
+    side.slot, side.n, side.ow, side.stride = slot, dout.shape[0], ldo, K * OH * ldo
     slots[:] = 0
     db[:] = 0
     if chunks == 0 or K == 0 or C == 0:
@@ -225,9 +230,9 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                 img = chunk // (rows * per_row)
                 ti = chunk // per_row % rows
                 t0 = chunk % per_row * tb
-                wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[img, 0, 0, 0], K,
-                                  OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0),
-                                  Kp, Cp, &slots[group, 0, 0, 0], &db_slots[group, 0], s)
+                wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[0 if slot else img, 0, 0, 0],
+                                  K, OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0),
+                                  Kp, Cp, &side, &slots[group, 0, 0, 0], &db_slots[group, 0], s)
     # M summed over the slots in order, then A'^T M A' per (k, c)
     cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a
     cdef double[:, :, ::1] total = np.empty((nn, K, C))

@@ -397,21 +397,48 @@ static inline void V(transpose)(V(vf) *rows)
     }
 }
 
+/* buf[i] = column X0 + i (i < len, a multiple of V_VW) of a row of images side by side, slot
+ * columns apart, each w wide: row is image 0's row, the others' are stride floats on.
+ * Zeros between them. Whole vectors and a masked one, read where the images lie. */
+static void V(wide_row)(const float *restrict row, Py_ssize_t stride, Py_ssize_t images,
+                        Py_ssize_t w, Py_ssize_t slot, Py_ssize_t X0, Py_ssize_t len,
+                        float *restrict buf)
+{
+    for (Py_ssize_t i = 0; i < len; i += V_VW)
+        *(V(vf) *)(buf + i) = (V(vf)){0};
+    for (Py_ssize_t n = X0 / slot; n * slot < X0 + len && n < images; n++) {
+        Py_ssize_t start = n * slot - X0;  /* buf index of the image's column 0 */
+        Py_ssize_t lo = start > 0 ? start : 0, hi = start + w < len ? start + w : len;
+        const float *src = row + n * stride - start;  /* src[i]: buf[i] */
+        Py_ssize_t i = lo;
+        for (; i + V_VW <= hi; i += V_VW)
+            *(V(vf) *)(buf + i) = *(const V(vf) *)(src + i);
+        if (i < hi)
+            V(store_part)(buf + i, V(load_part)(src + i, (int)(hi - i)), (int)(hi - i));
+    }
+}
+
 /* ud[xi][k][t] = (G' D_t[k] G'^T)[xi] for filters k < K (rows up to Kp are zeros), the tiles
  * t0 .. t0 + WG_TILES - 1 of tile row ti: D_t[k][a][b] = dout[k][ti*m + a][(t0 + t)*m + b], 0 past
  * (OH, OW); g: G' (n, m). */
 static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_ssize_t Kp,
                                    Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
                                    const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
-                                   float *restrict phases, float *restrict ud, double *restrict db)
+                                   const wg_outputs *side, float *restrict phases,
+                                   float *restrict ud, double *restrict db)
 {
     const Py_ssize_t nn = WG_N * WG_N;
+    float *buf = phases + m * m * WG_TILES;  /* the chunk's part of a wide row */
     for (Py_ssize_t k = 0; k < K; k++) {
         for (int a = 0; a < m; a++) {  /* phases[a][b][t] = D_t[k][a][b] */
-            Py_ssize_t row = ti * m + a;
+            Py_ssize_t row = ti * m + a, first = t0 * m, width = OW;
             const float *src = row < OH ? dout + (k * OH + row) * ldo : NULL;
+            if (side->slot && src) {  /* images side by side: the chunk's columns of their rows */
+                V(wide_row)(src, side->stride, side->n, ldo, side->slot, first, m * WG_TILES, buf);
+                src = buf, width = OW - first, first = 0;
+            }
             for (int b = 0; b < m; b++)
-                V(phase_copy)(src, t0 * m + b, OW, m, WG_TILES, phases + (a * m + b) * WG_TILES);
+                V(phase_copy)(src, first + b, width, m, WG_TILES, phases + (a * m + b) * WG_TILES);
         }
         V(vf) sum = {0};  /* the bias gradient's share: every D_t[k] value, zeros past (OH, OW) */
         for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW) {
@@ -486,7 +513,8 @@ static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t 
                                Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
                                const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
                                Py_ssize_t count, Py_ssize_t Kp, Py_ssize_t Cp,
-                               float *restrict slot, double *restrict db, float *restrict scratch)
+                               const wg_outputs *side, float *restrict slot, double *restrict db,
+                               float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N;
     float *v = scratch;               /* nn * C * WG_TILES */
@@ -504,6 +532,6 @@ static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t 
                 for (int i = 0; i < V_VW; i++)
                     *(V(vf) *)(vt + (xi * WG_TILES + t + i) * Cp + c0) = rows[i];
             }
-    V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, phases, ud, db);
+    V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, side, phases, ud, db);
     V(gradient_accumulate)(ud, vt, Kp, Cp, count, slot);
 }
