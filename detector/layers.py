@@ -224,7 +224,8 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
 
 def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     """conv2d_infer's Winograd path: image by image, or the images side by side as one wide
-    image when that leaves fewer tiles of padding (see detector.winograd.layout)."""
+    image when that leaves fewer tiles of padding (see detector.winograd.layout), read and
+    written where they lie."""
     (n, c, h, width), r = x.shape, w.shape[2]
     (ph, pw), (oh, ow), threads = padding, out_size, get_num_threads()
     filters = filters or _winograd.prepare(w)
@@ -232,25 +233,9 @@ def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     extra = {} if w2 is None else dict(p=_winograd.pad_rows(w2.reshape(w2.shape[:2]), _wg.FILTER_BLOCK), p_bias=b2)
     out = np.empty((n, w.shape[0] if w2 is None else w2.shape[0], oh // q, ow // q), np.float32)
     _, slot = _winograd.layout(n, width, pw, r, oh, ow, q)
-    if slot is None:
-        _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra)
-        return out
-    # in groups whose wide copies take at most SIDE_BY_SIDE_BYTES; the kernel writes each
-    # image's outputs in place
-    per_image = 4 * slot * c * h
-    group = max(1, min(n, SIDE_BY_SIDE_BYTES // per_image))
-    for g0 in range(0, n, group):
-        g = min(group, n - g0)
-        wide = np.empty((1, c, h, g * slot), np.float32)
-        _wg.to_wide(x[g0:g0 + g], pw, wide, threads)
-        _wg.winograd_infer(wide, filters.u, b, at, out[g0:g0 + g], ph, 0, oh, g * slot - r + 1, bool(relu), q,
-                           threads, **extra, slot=slot)
+    _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra,
+                       slot=slot or 0)
     return out
-
-
-# The most memory the Winograd path's side-by-side copies take at once, beyond its output
-# (detector.budget counts it for a sliding-window batch).
-SIDE_BY_SIDE_BYTES = 4 << 20
 
 
 def _projection(project, w, dtype):

@@ -147,10 +147,8 @@ def weight_gradient(x, dout, r, padding):
     ph, pw = padding
     m, threads = TILES[r], get_num_threads()
     _, slot = layout(n, width, pw, r, oh, ow)
-    if slot is not None:  # one wide image: zeros between the images' inputs
-        wide_x = np.empty((1, c, h, n * slot), np.float32)
-        _kernel.to_wide(x, pw, wide_x, threads)
-        x, pw, ow = wide_x, 0, n * slot - r + 1  # dout is read where it lies
+    if slot is not None:  # one wide image, read where the images lie
+        ow = n * slot - r + 1
     _, g, _ = transforms(r, m)  # G' of F(r, m): the m x m gradients' transform
     kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
     cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK

@@ -21,6 +21,16 @@ typedef struct {
     Py_ssize_t slot, n, ow, stride;
 } wg_outputs;
 
+/* Images side by side as one wide image, read where they lie: image i's column j is the
+ * wide image's column i * slot + pw + j, zeros around; images are w wide and stride floats
+ * apart. slot 0: x is one image. */
+typedef struct {
+    Py_ssize_t slot, n, w, pw, stride;
+} wg_inputs;
+
+/* floats of the buffer a chunk assembles one wide row in, for m-wide tiles, at most */
+#define WG_ROW_FLOATS (WG_MMAX * (WG_TILES + WG_N) + 16)
+
 #define SIMD_BODY "winograd_body.h"
 #include "simd.h"
 
@@ -28,13 +38,14 @@ typedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, P
                             Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
                             int, int, int, const float *, const float *, const float *,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
-                            Py_ssize_t, Py_ssize_t, const wg_outputs *, float *);
+                            Py_ssize_t, Py_ssize_t, const wg_inputs *, const wg_outputs *,
+                            float *);
 
 typedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                               Py_ssize_t, Py_ssize_t, const wg_outputs *, float *, double *,
-                               float *);
+                               Py_ssize_t, Py_ssize_t, const wg_inputs *, const wg_outputs *,
+                               float *, double *, float *);
 
 static wg_chunk_fn wg_chunk = chunk_base;
 static wg_gradient_fn wg_gradient_chunk = gradient_chunk_base;
@@ -53,14 +64,14 @@ static void wg_select(void)
 static Py_ssize_t wg_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects, int m, Py_ssize_t tb)
 {
     return WG_N * WG_N * (C + WG_KB_MAX) * tb + (projects ? Kp : 1) * m * m * tb
-           + WG_N * m * (tb + (WG_N - 1) / m + 1) + m * m * tb;
+           + WG_N * m * (tb + (WG_N - 1) / m + 1) + m * m * tb + WG_ROW_FLOATS;
 }
 
 /* floats of scratch one thread needs for the weight gradient's chunks of tb tiles */
 static Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
                                              Py_ssize_t tb)
 {
-    return WG_N * WG_N * (C + Cp + Kp) * tb + WG_N * m * (tb + (WG_N - 1) / m + 1);
+    return WG_N * WG_N * (C + Cp + Kp) * tb + WG_N * m * (tb + (WG_N - 1) / m + 1) + WG_ROW_FLOATS;
 }
 
 /* B^T as the kernel applies it: its input transform of each unit vector */

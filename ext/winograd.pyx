@@ -18,18 +18,20 @@ from libc.string cimport memcpy, memset
 cdef extern from "winograd.h" nogil:
     ctypedef struct wg_outputs:
         Py_ssize_t slot, n, ow, stride
+    ctypedef struct wg_inputs:
+        Py_ssize_t slot, n, w, pw, stride
     ctypedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
                                  int, int, int, const float *, const float *, const float *,
                                  Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                 float *, Py_ssize_t, Py_ssize_t, const wg_outputs *,
-                                 float *) noexcept
+                                 float *, Py_ssize_t, Py_ssize_t, const wg_inputs *,
+                                 const wg_outputs *, float *) noexcept
     wg_chunk_fn wg_chunk
     ctypedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                     Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                     Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t,
-                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, const wg_outputs *,
-                                    float *, double *, float *) noexcept
+                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, const wg_inputs *,
+                                    const wg_outputs *, float *, double *, float *) noexcept
     wg_gradient_fn wg_gradient_chunk
     Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
                                           Py_ssize_t tb)
@@ -115,25 +117,11 @@ def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
             transform_filter(&w[k, 0, 0, 0], C, r, gm, n, Kp, k, &u[0, 0, 0])
 
 
-def to_wide(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
-            Py_ssize_t PW, float[:, :, :, ::1] wide,  # OUT (1, C, H, N * Wp), Wp >= W + 2 PW
-            int num_threads):
-    """Images side by side: wide[0, c, h, n * Wp + PW + w] = x[n, c, h, w], zeros between."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t Wp = wide.shape[3] // max(N, 1), c, h, n, j
-    cdef float *row
-    cdef const float *src
-    if N == 0:
-        return
-    with nogil:
-        for c in prange(C, num_threads=num_threads, schedule='static'):
-            for h in range(H):
-                for n in range(N):
-                    row = &wide[0, c, h, n * Wp]
-                    src = &x[n, c, h, 0]
-                    memset(row, 0, PW * sizeof(float))
-                    memcpy(row + PW, src, W * sizeof(float))
-                    memset(row + PW + W, 0, (Wp - PW - W) * sizeof(float))
+cdef wg_inputs side_by_side(Py_ssize_t slot, Py_ssize_t n, Py_ssize_t w, Py_ssize_t pw,
+                            Py_ssize_t stride) noexcept:
+    cdef wg_inputs wide
+    wide.slot, wide.n, wide.w, wide.pw, wide.stride = slot, n, w, pw, stride
+    return wide
 
 
 def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
@@ -147,9 +135,9 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    const float[::1] p_bias=None,  # IN (K2,)
                    Py_ssize_t slot=0):
     """The convolution, bias, ReLU and pool; with p, then the 1x1 convolution p, p_bias of
-    that (out has K2 = p_bias.shape[0] channels). slot > 0: x is images side by side, slot
-    columns apart (see to_wide), and out holds each image's outputs: (images, K, OH // q,
-    OW // q), image i's from the wide output's columns i * slot // q on."""
+    that (out has K2 = p_bias.shape[0] channels). slot > 0: the images run side by side as
+    one wide image, each in a slot of that many columns with its PW columns of padding on
+    each side (detector.winograd.layout), read and written where they lie."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = b.shape[0], Kp = u.shape[1]
     cdef int m = at.shape[0]
@@ -158,7 +146,9 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t OHo = out.shape[2], OWo = out.shape[3]
     cdef wg_outputs side
     side.slot, side.n, side.ow, side.stride = slot // q, out.shape[0], OWo, out.shape[1] * OHo * OWo
-    if slot:  # the wide output's columns, of which the images' are kept
+    cdef wg_inputs wide = side_by_side(slot, N, W, PW, C * H * W)
+    if slot:  # one wide image, the padding inside its slots; its output's columns
+        N, W, PW = 1, N * slot, 0
         OWo = (W - (WG_N - m)) // q
     # the tiles that hold an output that is kept (with a pool, the rows and columns of
     # incomplete windows are never computed)
@@ -184,7 +174,7 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             count = min(tb, cols - t0)
             wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
                      apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count,
-                     &out[0 if slot else img, 0, 0, 0], OHo, OWo, &side, s)
+                     &out[img, 0, 0, 0], OHo, OWo, &wide, &side, s)
 
 
 def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
@@ -200,13 +190,17 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     (B^T d_t[c] B)[xi], D_t the tile's m x m outputs' gradient and d_t its input patch (see
     winograd_body.h). Chunks are the forward's; slot s sums a run of them fixed by the
     shapes alone, and the slots are summed in order, in float64. db: the sum of dout, from
-    the values the chunks read, in float64 slots summed likewise. slot > 0: x is images side
-    by side, slot columns apart (see to_wide), OW the wide output's columns, and dout holds
-    each image's output gradients, read where they lie."""
+    the values the chunks read, in float64 slots summed likewise. slot > 0: side by side, as
+    in winograd_infer; OW is then the wide output's columns."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], ldo = dout.shape[3]
     cdef Py_ssize_t groups = slots.shape[0], Kp = slots.shape[2], Cp = slots.shape[3]
     cdef int m = g.shape[1]
+    cdef wg_outputs side
+    side.slot, side.n, side.ow, side.stride = slot, dout.shape[0], ldo, K * OH * ldo
+    cdef wg_inputs wide = side_by_side(slot, N, W, PW, C * H * W)
+    if slot:  # one wide image, the padding inside its slots
+        N, W, PW = 1, N * slot, 0
     cdef Py_ssize_t rows = (OH + m - 1) // m, cols = (OW + m - 1) // m
     cdef Py_ssize_t tb = TILES, per_row = (cols + tb - 1) // tb, chunks = N * rows * per_row
     cdef Py_ssize_t floats = wg_gradient_scratch_floats(C, Kp, Cp, m, tb)
@@ -214,8 +208,6 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t group, chunk, img, ti, t0, offset, b
     cdef float *s
     cdef double[:, ::1] db_slots = np.zeros((groups, K))
-    cdef wg_outputs side
-    side.slot, side.n, side.ow, side.stride = slot, dout.shape[0], ldo, K * OH * ldo
     slots[:] = 0
     db[:] = 0
     if chunks == 0 or K == 0 or C == 0:
@@ -230,9 +222,9 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                 img = chunk // (rows * per_row)
                 ti = chunk // per_row % rows
                 t0 = chunk % per_row * tb
-                wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[0 if slot else img, 0, 0, 0],
+                wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[img, 0, 0, 0],
                                   K, OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0),
-                                  Kp, Cp, &side, &slots[group, 0, 0, 0], &db_slots[group, 0], s)
+                                  Kp, Cp, &wide, &side, &slots[group, 0, 0, 0], &db_slots[group, 0], s)
     # M summed over the slots in order, then A'^T M A' per (k, c)
     cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a
     cdef double[:, :, ::1] total = np.empty((nn, K, C))

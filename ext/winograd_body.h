@@ -99,22 +99,50 @@ static void V(phase_copy)(const float *restrict row, Py_ssize_t first, Py_ssize_
         dst[j] = 0;
 }
 
+/* buf[i] = column X0 + i (i < len, a multiple of V_VW) of a row of images side by side, slot
+ * columns apart, each w wide from column pw of its slot: row is image 0's row, the others'
+ * are stride floats on. Zeros around them. Whole vectors and a masked one, read where the
+ * images lie. */
+static void V(wide_row)(const float *restrict row, Py_ssize_t stride, Py_ssize_t images,
+                        Py_ssize_t w, Py_ssize_t pw, Py_ssize_t slot, Py_ssize_t X0,
+                        Py_ssize_t len, float *restrict buf)
+{
+    for (Py_ssize_t i = 0; i < len; i += V_VW)
+        *(V(vf) *)(buf + i) = (V(vf)){0};
+    for (Py_ssize_t n = X0 / slot; n * slot < X0 + len && n < images; n++) {
+        Py_ssize_t start = n * slot + pw - X0;  /* buf index of the image's column 0 */
+        Py_ssize_t lo = start > 0 ? start : 0, hi = start + w < len ? start + w : len;
+        const float *src = row + n * stride - start;  /* src[i]: buf[i] */
+        Py_ssize_t i = lo;
+        for (; i + V_VW <= hi; i += V_VW)
+            *(V(vf) *)(buf + i) = *(const V(vf) *)(src + i);
+        if (i < hi)
+            V(store_part)(buf + i, V(load_part)(src + i, (int)(hi - i)), (int)(hi - i));
+    }
+}
+
 /* Steps 1 and 2: v[c][xi][t] for the tiles t0 .. t0 + WG_TILES - 1 of tile row ti (m is a
  * constant where input_transform inlines it, so that the tiles' vectors stay in registers). */
 static inline __attribute__((always_inline)) void V(input_transform_m)(
     const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t PH,
-    Py_ssize_t PW, const int m, Py_ssize_t ti, Py_ssize_t t0,
+    Py_ssize_t PW, const int m, Py_ssize_t ti, Py_ssize_t t0, const wg_inputs *in,
     float *restrict phases, float *restrict v)
 {
-    /* phases[r][p][j] = x[c][ti*m - PH + r][(t0 + j)*m - PW + p], 0 outside the image */
-    const Py_ssize_t J = WG_TILES + (WG_N - 1) / m + 1;
+    /* phases[r][p][j] = x[c][ti*m - PH + r][(t0 + j)*m - PW + p], 0 outside the image; side
+     * by side (PW is then 0), from the chunk's columns of the wide row, assembled in buf */
+    const Py_ssize_t J = WG_TILES + (WG_N - 1) / m + 1, len = (J * m + V_VW - 1) / V_VW * V_VW;
     const Py_ssize_t col0 = t0 * m - PW;
+    float *buf = phases + WG_N * m * J;
     for (Py_ssize_t c = 0; c < C; c++) {
         for (int r = 0; r < WG_N; r++) {
-            Py_ssize_t iy = ti * m - PH + r;
-            const float *src = iy < 0 || iy >= H ? NULL : x + (c * H + iy) * W;
+            Py_ssize_t iy = ti * m - PH + r, first = col0, width = W;
+            const float *src = iy < 0 || iy >= H ? NULL : x + (c * H + iy) * (in->slot ? in->w : W);
+            if (in->slot && src) {
+                V(wide_row)(src, in->stride, in->n, in->w, in->pw, in->slot, col0, len, buf);
+                src = buf, first = 0, width = len;
+            }
             for (int p = 0; p < m; p++)
-                V(phase_copy)(src, col0 + p, W, m, J, phases + (r * m + p) * J);
+                V(phase_copy)(src, first + p, width, m, J, phases + (r * m + p) * J);
         }
         /* per vector of tiles: e = d B (rows), then v = B^T e (columns) */
         for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW) {
@@ -136,15 +164,15 @@ static inline __attribute__((always_inline)) void V(input_transform_m)(
 
 static void V(input_transform)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                                 Py_ssize_t PH, Py_ssize_t PW, int m, Py_ssize_t ti,
-                                Py_ssize_t t0, float *restrict phases,
+                                Py_ssize_t t0, const wg_inputs *in, float *restrict phases,
                                 float *restrict v)
 {
     if (m == 2)
-        V(input_transform_m)(x, C, H, W, PH, PW, 2, ti, t0, phases, v);
+        V(input_transform_m)(x, C, H, W, PH, PW, 2, ti, t0, in, phases, v);
     else if (m == 4)
-        V(input_transform_m)(x, C, H, W, PH, PW, 4, ti, t0, phases, v);
+        V(input_transform_m)(x, C, H, W, PH, PW, 4, ti, t0, in, phases, v);
     else
-        V(input_transform_m)(x, C, H, W, PH, PW, m, ti, t0, phases, v);
+        V(input_transform_m)(x, C, H, W, PH, PW, m, ti, t0, in, phases, v);
 }
 
 /* Step 4 for one filter: y = A^T M A over the chunk's tiles, then bias, ReLU and pool:
@@ -341,7 +369,7 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
                       const float *restrict p, const float *restrict p_bias, Py_ssize_t K2,
                       Py_ssize_t ti, Py_ssize_t t0, Py_ssize_t count,
                       float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo,
-                      const wg_outputs *side, float *restrict scratch)
+                      const wg_inputs *in, const wg_outputs *side, float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N, per = m / q, planes = per * per * WG_TILES;
     const Py_ssize_t row0 = (ti * m) / q;
@@ -349,8 +377,8 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
     float *mb = v + nn * C * WG_TILES;                         /* nn * V_KB * WG_TILES */
     float *fin = mb + nn * V_KB * WG_TILES;                   /* Kp * planes with p, else planes */
     float *rows = fin + (p ? Kp : 1) * planes;          /* m * m * WG_TILES: emit's wide rows */
-    float *phases = rows + m * m * WG_TILES;         /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1) */
-    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, phases, v);
+    float *phases = rows + m * m * WG_TILES;         /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1), a row */
+    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, in, phases, v);
     for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
         for (Py_ssize_t xi = 0; xi < nn; xi++)
             V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * WG_TILES, nn * WG_TILES, C,
@@ -397,27 +425,6 @@ static inline void V(transpose)(V(vf) *rows)
     }
 }
 
-/* buf[i] = column X0 + i (i < len, a multiple of V_VW) of a row of images side by side, slot
- * columns apart, each w wide: row is image 0's row, the others' are stride floats on.
- * Zeros between them. Whole vectors and a masked one, read where the images lie. */
-static void V(wide_row)(const float *restrict row, Py_ssize_t stride, Py_ssize_t images,
-                        Py_ssize_t w, Py_ssize_t slot, Py_ssize_t X0, Py_ssize_t len,
-                        float *restrict buf)
-{
-    for (Py_ssize_t i = 0; i < len; i += V_VW)
-        *(V(vf) *)(buf + i) = (V(vf)){0};
-    for (Py_ssize_t n = X0 / slot; n * slot < X0 + len && n < images; n++) {
-        Py_ssize_t start = n * slot - X0;  /* buf index of the image's column 0 */
-        Py_ssize_t lo = start > 0 ? start : 0, hi = start + w < len ? start + w : len;
-        const float *src = row + n * stride - start;  /* src[i]: buf[i] */
-        Py_ssize_t i = lo;
-        for (; i + V_VW <= hi; i += V_VW)
-            *(V(vf) *)(buf + i) = *(const V(vf) *)(src + i);
-        if (i < hi)
-            V(store_part)(buf + i, V(load_part)(src + i, (int)(hi - i)), (int)(hi - i));
-    }
-}
-
 /* ud[xi][k][t] = (G' D_t[k] G'^T)[xi] for filters k < K (rows up to Kp are zeros), the tiles
  * t0 .. t0 + WG_TILES - 1 of tile row ti: D_t[k][a][b] = dout[k][ti*m + a][(t0 + t)*m + b], 0 past
  * (OH, OW); g: G' (n, m). */
@@ -434,7 +441,7 @@ static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_s
             Py_ssize_t row = ti * m + a, first = t0 * m, width = OW;
             const float *src = row < OH ? dout + (k * OH + row) * ldo : NULL;
             if (side->slot && src) {  /* images side by side: the chunk's columns of their rows */
-                V(wide_row)(src, side->stride, side->n, ldo, side->slot, first, m * WG_TILES, buf);
+                V(wide_row)(src, side->stride, side->n, ldo, 0, side->slot, first, m * WG_TILES, buf);
                 src = buf, width = OW - first, first = 0;
             }
             for (int b = 0; b < m; b++)
@@ -513,15 +520,15 @@ static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t 
                                Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ldo, int m,
                                const float *restrict g, Py_ssize_t ti, Py_ssize_t t0,
                                Py_ssize_t count, Py_ssize_t Kp, Py_ssize_t Cp,
-                               const wg_outputs *side, float *restrict slot, double *restrict db,
-                               float *restrict scratch)
+                               const wg_inputs *in, const wg_outputs *side, float *restrict slot,
+                               double *restrict db, float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N;
     float *v = scratch;               /* nn * C * WG_TILES */
     float *vt = v + nn * C * WG_TILES;      /* nn * WG_TILES * Cp */
     float *ud = vt + nn * WG_TILES * Cp;    /* nn * Kp * WG_TILES */
-    float *phases = ud + nn * Kp * WG_TILES; /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1) */
-    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, phases, v);
+    float *phases = ud + nn * Kp * WG_TILES; /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1), a row */
+    V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, in, phases, v);
     for (Py_ssize_t xi = 0; xi < nn; xi++)  /* vt[xi][t][c] = v[c][xi][t], zeros for c >= C */
         for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW)
             for (Py_ssize_t c0 = 0; c0 < Cp; c0 += V_VW) {
