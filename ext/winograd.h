@@ -47,7 +47,11 @@ typedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t
                                Py_ssize_t, Py_ssize_t, const wg_inputs *, const wg_outputs *,
                                float *, double *, float *);
 
+typedef void (*wg_filter_fn)(const float *, Py_ssize_t, int, const double *, int, Py_ssize_t,
+                             Py_ssize_t, float *);
+
 static wg_chunk_fn wg_chunk = chunk_base;
+static wg_filter_fn wg_transform_filter = transform_filter_base;
 static wg_gradient_fn wg_gradient_chunk = gradient_chunk_base;
 static const char *wg_isa = "baseline";
 
@@ -55,6 +59,7 @@ static const char *wg_isa = "baseline";
 static void wg_select(void)
 {
     wg_chunk = SIMD_PICK(chunk);
+    wg_transform_filter = SIMD_PICK(transform_filter);
     wg_gradient_chunk = SIMD_PICK(gradient_chunk);
     wg_isa = simd_names[simd_level()];
 }

@@ -33,6 +33,9 @@ cdef extern from "winograd.h" nogil:
                                     Py_ssize_t, Py_ssize_t, Py_ssize_t, const wg_inputs *,
                                     const wg_outputs *, float *, double *, float *) noexcept
     wg_gradient_fn wg_gradient_chunk
+    ctypedef void (*wg_filter_fn)(const float *, Py_ssize_t, int, const double *, int, Py_ssize_t,
+                                  Py_ssize_t, float *) noexcept
+    wg_filter_fn wg_transform_filter
     Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
                                           Py_ssize_t tb)
     const char *wg_isa
@@ -77,27 +80,6 @@ def instruction_set():
     return wg_isa.decode()
 
 
-cdef void transform_filter(const float *f, Py_ssize_t C, Py_ssize_t r, const double *gm,
-                           Py_ssize_t n, Py_ssize_t Kp, Py_ssize_t k, float *dst) noexcept nogil:
-    """Filter k (C, r, r) at f into dst[(i * n + j) * Kp + k, c] = (G f_c G^T)[i, j]."""
-    cdef double half[8][8]
-    cdef double acc
-    cdef Py_ssize_t c, i, j, a, bb
-    for c in range(C):
-        for i in range(n):  # half = G f (n x r)
-            for bb in range(r):
-                acc = 0
-                for a in range(r):
-                    acc = acc + gm[i * 8 + a] * f[(c * r + a) * r + bb]
-                half[i][bb] = acc
-        for i in range(n):  # G f G^T
-            for j in range(n):
-                acc = 0
-                for bb in range(r):
-                    acc = acc + half[i][bb] * gm[j * 8 + bb]
-                dst[((i * n + j) * Kp + k) * C + c] = <float>acc
-
-
 def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
                       const double[:, ::1] g,  # IN (N, r): G
                       float[:, :, ::1] u,  # OUT (N*N, Kp, C), Kp >= K: U = G w G^T, rest 0
@@ -114,7 +96,7 @@ def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
         return
     with nogil:
         for k in prange(K, num_threads=num_threads, schedule='static'):
-            transform_filter(&w[k, 0, 0, 0], C, r, gm, n, Kp, k, &u[0, 0, 0])
+            wg_transform_filter(&w[k, 0, 0, 0], C, r, gm, n, Kp, k, &u[0, 0, 0])
 
 
 cdef wg_inputs side_by_side(Py_ssize_t slot, Py_ssize_t n, Py_ssize_t w, Py_ssize_t pw,
