@@ -16,6 +16,12 @@ K in 8..128, output sides 8..130, with and without a 2x2 pool, r = 3 and 5, one 
 project's 2-core AMD EPYC (AVX-512; OpenBLAS on the kernel it picks for this CPU). Over
 those layers, its choice took 1.04x the time of the fastest kernel (mean; 2.1x at worst, on
 layers of a few microseconds), and the chosen kernels took 0.58x the time of im2col alone. ``detector bench algorithms`` measures again.
+The Winograd and direct kernels have been made faster since that fit (transforms at
+constant offsets, side-by-side images read in place; narrow rows in pairs), which the
+coefficients do not know but for the pairs' blocks (see ``cost``).
+
+Training asks it too (:mod:`detector.layers`): the forward for its kernel, and the backward
+whether Winograd's weight and input gradients pay.
 """
 import numpy as np
 

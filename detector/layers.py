@@ -260,7 +260,10 @@ def conv2d_backward(dout, cache, input_grad=True):
     """Gradients of :func:`conv2d_forward`: dout (N, K, OH, OW) -> dx, dw, db.
 
     With ``input_grad=False`` dx is None and costs nothing: a net's first layer needs no
-    gradient for its input.
+    gradient for its input. float32 stride-1 3x3 and 5x5 layers take Winograd's transforms
+    where the cost model expects them faster: dw and db wherever the forward takes Winograd
+    (:func:`detector.winograd.weight_gradient`), dx as the forward kernel's correlation of
+    dout with the flipped filters; their float32 errors: tests/test_winograd.py.
     """
     _check_cache(cache, ConvCache, "conv2d_forward")
     x, w, (sh, sw), (ph, pw) = cache
@@ -268,9 +271,6 @@ def conv2d_backward(dout, cache, input_grad=True):
     oh = output_size(x.shape[2], w.shape[2], ph, sh, "height")
     ow = output_size(x.shape[3], w.shape[3], pw, sw, "width")
     dout = _gradient(dout, x, (n, k, oh, ow))
-    # Winograd where the cost model expects it faster (float32, stride 1, 3x3 or 5x5): dw
-    # wherever the forward takes it, dx as a correlation of dout (see _winograd_input_gradient);
-    # the rest by im2col and GEMM
     winograd_dw = _training_algorithm(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow)) == "winograd"
     winograd_dx = input_grad and _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (sh, sw), (ph, pw),
                                                                (oh, ow))
