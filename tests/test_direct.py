@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from detector import layers as L
+from detector import winograd
 
 import reference as ref
 
@@ -102,6 +103,11 @@ for r in (3, 5):
                                                              algorithm=algorithm).tolist()
     dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
     outs[f"weight gradient {r}"] = fast.weight_gradient(x, dout, r, (1, 1))[0].tolist()
+    # narrow images, which run side by side (read and written in place, masked vectors)
+    small = x[:, :, :13, :13].repeat(3, axis=0)
+    outs[f"side by side {r}"] = L.conv2d_infer(small, w, b, padding=1, algorithm="winograd").tolist()
+    small_dout = rng.standard_normal((6, 11, 15 - r, 15 - r)).astype(np.float32)
+    outs[f"side by side gradient {r}"] = fast.weight_gradient(small, small_dout, r, (1, 1))[0].tolist()
 print(json.dumps({"isa": [direct.instruction_set(), winograd.instruction_set()], "outs": outs}))
 """
 
@@ -131,3 +137,11 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
         _, dw, _ = ref.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64),
                                        (1, 1), (1, 1))
         np.testing.assert_allclose(result["outs"][f"weight gradient {r}"], dw, rtol=1e-4, atol=1e-3)
+        small = x[:, :, :13, :13].repeat(3, axis=0)
+        assert winograd.layout(6, 13, 1, r, 13, 13)[1] is not None, "the narrow images run side by side"
+        np.testing.assert_allclose(result["outs"][f"side by side {r}"], naive(small, w, b, (1, 1), False, None),
+                                   rtol=1e-4, atol=1e-4)
+        small_dout = rng.standard_normal((6, 11, 15 - r, 15 - r)).astype(np.float32)
+        _, dw, _ = ref.conv2d_backward(small.astype(np.float64), w.astype(np.float64),
+                                       small_dout.astype(np.float64), (1, 1), (1, 1))
+        np.testing.assert_allclose(result["outs"][f"side by side gradient {r}"], dw, rtol=1e-4, atol=1e-3)
