@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import layers as L
 from .architecture import Conv, Linear
 from .fcn import TILE_BYTES
 
@@ -92,8 +91,7 @@ def estimate(height, width, net, mode, stride, level_sizes, return_maps=False, i
         else:
             gflops += cells * per_window / 1e9
             work_pixels += cells * window[0] * window[1]
-            # a batch's activations, and the side-by-side copies of the Winograd kernel
-            running = min(cells, SLIDING_BATCH) * activations + L.SIDE_BY_SIDE_BYTES
+            running = min(cells, SLIDING_BATCH) * activations  # a batch's activations
         maps = 4 * cells
         level_peak = max(level_peak,
                          2 * level,  # the resized level and its padded copy

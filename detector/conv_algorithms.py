@@ -16,6 +16,12 @@ K in 8..128, output sides 8..130, with and without a 2x2 pool, r = 3 and 5, one 
 project's 2-core AMD EPYC (AVX-512; OpenBLAS on the kernel it picks for this CPU). Over
 those layers, its choice took 1.04x the time of the fastest kernel (mean; 2.1x at worst, on
 layers of a few microseconds), and the chosen kernels took 0.58x the time of im2col alone. ``detector bench algorithms`` measures again.
+The Winograd and direct kernels have been made faster since that fit (transforms at
+constant offsets, side-by-side images read in place; narrow rows in pairs), which the
+coefficients do not know but for the pairs' blocks (see ``cost``).
+
+Training asks it too (:mod:`detector.layers`): the forward for its kernel, and the backward
+whether Winograd's weight and input gradients pay.
 """
 import numpy as np
 
@@ -71,8 +77,15 @@ def cost(x_shape, w_shape, out_size, pool=1, prepared=False, pad=0):
     kept = (oh // pool * pool) * (ow // pool * pool)
     costs = {"im2col": n * np.dot(IM2COL_COST, (p * k * taps, p * taps, p * k, 1 / n))}
     if not unfit("direct", np.float32, w_shape, (1, 1), (pool, pool)):
-        # whole blocks of 64 columns and 4 filters; each chunk copies its rows and FH - 1 more
-        blocks = -(-(ow // pool * pool) // 64) * 64 * (oh // pool * pool) * -(-k // 4) * 4
+        # whole blocks of 64 columns and 4 filters; each chunk copies its rows and FH - 1 more.
+        # Unpooled rows of at most 32 go in pairs, blocks of two rows of 32 columns, which
+        # cost as 44 columns would (timed against im2col after the coefficients were fitted:
+        # (64, 1, 32, 32) by 16 5x5 filters 0.44 ms against 0.49, (1, 32, 34, 34) by 128 3x3
+        # ones 0.57 against 0.52)
+        if pool == 1 and ow <= 32:
+            blocks = 44 * -(-oh // 2) * 2 * -(-k // 4) * 4
+        else:
+            blocks = -(-(ow // pool * pool) // 64) * 64 * (oh // pool * pool) * -(-k // 4) * 4
         copied = c * (oh + (oh // pool) / 8 * (fh - 1)) * (width + 64)
         costs["direct"] = n * np.dot(DIRECT_COST, (blocks * taps, copied, kept * k, 1 / n))
     if not unfit("winograd", np.float32, w_shape, (1, 1), (pool, pool)):

@@ -24,6 +24,7 @@ functions do.
 (2, 4, 2, 2)
 """
 import numbers
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -131,31 +132,40 @@ def conv2d_forward(x, w, b, stride=1, padding=0, algorithm="auto"):
     """2-D cross-correlation with zero padding, as ``torch.nn.functional.conv2d``.
 
     x (N, C, H, W), w (K, C, FH, FW), b (K,) -> out (N, K, OH, OW), cache. ``algorithm``:
-    "im2col" (im2col + GEMM), "winograd" (float32, stride 1, 3x3 or 5x5 filters; see
-    :mod:`detector.conv_algorithms`) or "auto": Winograd where its cost model expects it
-    faster (its error: tests/test_winograd.py).
+    "im2col" (im2col + GEMM), "winograd" (float32, stride 1, 3x3 or 5x5 filters), "direct"
+    (float32, stride 1; see :mod:`detector.conv_algorithms`) or "auto": the one its cost
+    model expects fastest (the Winograd error: tests/test_winograd.py). The cache holds x and
+    w alone, whichever runs.
     """
     x, w, b, (sh, sw), (ph, pw), (oh, ow) = _conv_args(x, w, b, stride, padding)
     cache = ConvCache(x, w, (sh, sw), (ph, pw))
-    if algorithm not in ("auto", "im2col", "winograd"):
-        raise ValueError(f"algorithm must be one of 'auto', 'im2col', 'winograd', not {algorithm!r}")
-    why_not = _algorithms.unfit("winograd", x.dtype, w.shape, (sh, sw), (1, 1))
-    if algorithm == "winograd" and why_not:
-        raise ValueError(f"the winograd convolution cannot run this layer: {why_not}")
-    if algorithm == "winograd" or algorithm == "auto" and _winograd_pays(x, w, (sh, sw), pw, (oh, ow)):
+    if algorithm not in ("auto", "im2col", "winograd", "direct"):
+        raise ValueError(f"algorithm must be one of 'auto', 'im2col', 'winograd', 'direct', not {algorithm!r}")
+    if algorithm == "auto":
+        algorithm = _training_algorithm(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow))
+    why_not = _algorithms.unfit(algorithm, x.dtype, w.shape, (sh, sw), (1, 1))
+    if why_not:
+        raise ValueError(f"the {algorithm} convolution cannot run this layer: {why_not}")
+    if algorithm == "winograd":
         return _winograd_conv(x, w, b, (ph, pw), (oh, ow), False, 1, None, None, None), cache
     out = np.empty((x.shape[0], w.shape[0], oh, ow), x.dtype)
-    _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
+    if algorithm == "direct":
+        _direct.direct_infer(x, w, b, out, ph, pw, False, 1, get_num_threads())
+    else:
+        _conv.conv2d_forward(x, w, b, out, sh, sw, ph, pw, get_num_threads())
     return out, cache
 
 
-def _winograd_pays(x, w, stride, pad, out_size):
-    """Whether a training convolution (float32; its filters change every step, so they are
-    transformed on each call) runs faster by Winograd than by im2col, by the cost model."""
-    if _algorithms.unfit("winograd", x.dtype, w.shape, stride, (1, 1)):
-        return False
-    costs = _algorithms.cost(x.shape, w.shape, out_size, 1, False, pad)
-    return costs["winograd"] < costs["im2col"]
+@lru_cache(maxsize=256)
+def _training_algorithm(dtype, x_shape, w_shape, stride, pad, out_size):
+    """The kernel of a training convolution the cost model expects fastest: "im2col" for
+    float64 or a stride above 1, else also "winograd" (its filters change every step, so
+    they are transformed on each call) or "direct". Asked once per layer shape: a call of the
+    cost model costs a small layer's microseconds."""
+    if dtype != np.float32 or tuple(stride) != (1, 1):
+        return "im2col"
+    costs = _algorithms.cost(x_shape, w_shape, out_size, 1, False, pad)
+    return min(costs, key=costs.get)
 
 
 def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm="auto",
@@ -214,7 +224,8 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
 
 def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     """conv2d_infer's Winograd path: image by image, or the images side by side as one wide
-    image when that leaves fewer tiles of padding (see detector.winograd.layout)."""
+    image when that leaves fewer tiles of padding (see detector.winograd.layout), read and
+    written where they lie."""
     (n, c, h, width), r = x.shape, w.shape[2]
     (ph, pw), (oh, ow), threads = padding, out_size, get_num_threads()
     filters = filters or _winograd.prepare(w)
@@ -222,26 +233,9 @@ def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     extra = {} if w2 is None else dict(p=_winograd.pad_rows(w2.reshape(w2.shape[:2]), _wg.FILTER_BLOCK), p_bias=b2)
     out = np.empty((n, w.shape[0] if w2 is None else w2.shape[0], oh // q, ow // q), np.float32)
     _, slot = _winograd.layout(n, width, pw, r, oh, ow, q)
-    if slot is None:
-        _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra)
-        return out
-    # in groups whose wide copies (input and output) take at most SIDE_BY_SIDE_BYTES
-    per_image = 4 * slot * (c * h + out.shape[1] * (oh // q) // q)
-    group = max(1, min(n, SIDE_BY_SIDE_BYTES // per_image))
-    for g0 in range(0, n, group):
-        g = min(group, n - g0)
-        wide = np.empty((1, c, h, g * slot), np.float32)
-        _wg.to_wide(x[g0:g0 + g], pw, wide, threads)
-        wide_ow = g * slot - r + 1
-        y = np.empty((1, out.shape[1], oh // q, wide_ow // q), np.float32)
-        _wg.winograd_infer(wide, filters.u, b, at, y, ph, 0, oh, wide_ow, bool(relu), q, threads, **extra)
-        _wg.from_wide(y, slot // q, out[g0:g0 + g], threads)
+    _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra,
+                       slot=slot or 0)
     return out
-
-
-# The most memory the Winograd path's side-by-side copies take at once, beyond its output
-# (detector.budget counts it for a sliding-window batch).
-SIDE_BY_SIDE_BYTES = 4 << 20
 
 
 def _projection(project, w, dtype):
@@ -266,7 +260,10 @@ def conv2d_backward(dout, cache, input_grad=True):
     """Gradients of :func:`conv2d_forward`: dout (N, K, OH, OW) -> dx, dw, db.
 
     With ``input_grad=False`` dx is None and costs nothing: a net's first layer needs no
-    gradient for its input.
+    gradient for its input. float32 stride-1 3x3 and 5x5 layers take Winograd's transforms
+    where the cost model expects them faster: dw and db wherever the forward takes Winograd
+    (:func:`detector.winograd.weight_gradient`), dx as the forward kernel's correlation of
+    dout with the flipped filters; their float32 errors: tests/test_winograd.py.
     """
     _check_cache(cache, ConvCache, "conv2d_forward")
     x, w, (sh, sw), (ph, pw) = cache
@@ -274,11 +271,51 @@ def conv2d_backward(dout, cache, input_grad=True):
     oh = output_size(x.shape[2], w.shape[2], ph, sh, "height")
     ow = output_size(x.shape[3], w.shape[3], pw, sw, "width")
     dout = _gradient(dout, x, (n, k, oh, ow))
-    dx = np.zeros_like(x) if input_grad else None
-    dw = np.empty((k, w[0].size), x.dtype)
-    db = np.empty(k, x.dtype)
-    _conv.conv2d_backward(dout, x, w, dx, dw, db, sh, sw, ph, pw, get_num_threads())
+    winograd_dw = _training_algorithm(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow)) == "winograd"
+    winograd_dx = input_grad and _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (sh, sw), (ph, pw),
+                                                               (oh, ow))
+    dx = np.zeros_like(x) if input_grad and not winograd_dx else None
+    if winograd_dw:
+        dw, db = _winograd.weight_gradient(x, dout, w.shape[2], (ph, pw))
+    if dx is not None or not winograd_dw:  # the GEMM kernel: its dx, and dw and db unless Winograd's
+        gemm_dw, gemm_db = None if winograd_dw else np.empty((k, w[0].size), x.dtype), np.empty(k, x.dtype)
+        _conv.conv2d_backward(dout, x, w, dx, gemm_dw, gemm_db, sh, sw, ph, pw, get_num_threads())
+        if not winograd_dw:
+            dw, db = gemm_dw, gemm_db
+    if winograd_dx:
+        dx = _winograd_input_gradient(dout, w, (ph, pw), x.shape[2:])
     return dx, dw.reshape(w.shape), db
+
+
+def _flipped(w):
+    """w (K, C, FH, FW) as the filters of the input gradient's correlation: (C, K, FH, FW),
+    each rotated by 180 degrees."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+@lru_cache(maxsize=256)
+def _winograd_input_gradient_pays(dtype, x_shape, w_shape, stride, padding, out_size):
+    """Whether dx runs faster as a Winograd correlation of dout (padded by FH - 1 - PH) with
+    the flipped filters than by GEMM and col2im, by the cost model. That correlation has
+    padding of at least 0 only when PH <= FH - 1 (PW likewise)."""
+    fh, fw = w_shape[2:]
+    if padding[0] > fh - 1 or padding[1] > fw - 1:
+        return False
+    flipped_shape = (w_shape[1], w_shape[0], fh, fw)
+    if _algorithms.unfit("winograd", dtype, flipped_shape, stride, (1, 1)):
+        return False
+    dout_shape = (x_shape[0], w_shape[0], *out_size)
+    costs = _algorithms.cost(dout_shape, flipped_shape, x_shape[2:], 1, False, fw - 1 - padding[1])
+    return costs["winograd"] < costs["im2col"]
+
+
+def _winograd_input_gradient(dout, w, padding, in_size):
+    """dx (N, C, H, W) of a stride-1 convolution: the full correlation of dout with the
+    flipped filters, on the Winograd kernel (its float32 error: tests/test_winograd.py)."""
+    fh, fw = w.shape[2:]
+    pad = (fh - 1 - padding[0], fw - 1 - padding[1])
+    zero = np.zeros(w.shape[1], dout.dtype)
+    return _winograd_conv(dout, _flipped(w), zero, pad, tuple(in_size), False, 1, None, None, None)
 
 
 # -- pooling -------------------------------------------------------------------------------

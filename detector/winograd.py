@@ -135,3 +135,25 @@ def layout(n, width, pad, r, out_h, out_w, pool=1):
     slot = -(-(-(-out_w // m) * m + r - 1) // m) * m
     wide = _chunked_tiles(out_h, n * slot - r + 1, pool, m)
     return (wide, slot) if n > 1 and wide < alone else (alone, None)
+
+
+def weight_gradient(x, dout, r, padding):
+    """dw (K, C, r, r) and db (K,) of a stride-1 convolution of float32 x (N, C, H, W) with padding
+    (PH, PW) whose outputs' gradient is dout (N, K, OH, OW), by F(r x r, m x m) over the
+    forward's tiles: each tile's m x m gradients and n x n input patch, summed over the tiles
+    in the transformed domain (n*n GEMMs), in float32 per group of tiles, then in float64.
+    Narrow images run side by side, as in the forward."""
+    (n, c, h, width), (_, k, oh, ow) = x.shape, dout.shape
+    ph, pw = padding
+    m, threads = TILES[r], get_num_threads()
+    _, slot = layout(n, width, pw, r, oh, ow)
+    if slot is not None:  # one wide image, read where the images lie
+        ow = n * slot - r + 1
+    _, g, _ = transforms(r, m)  # G' of F(r, m): the m x m gradients' transform
+    kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
+    cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
+    slots = np.empty((_kernel.GRADIENT_GROUPS, g.shape[0] ** 2, kp, cp), np.float32)
+    dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
+    _kernel.weight_gradient(x, dout, g.astype(np.float32), transforms(r, m)[0], slots, dw, db,
+                            ph, pw, ow, threads, slot or 0)
+    return dw, db

@@ -305,13 +305,13 @@ def conv2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, K, OH, OW)
                     const floating[:, :, :, ::1] x,  # IN (N, C, H, W)
                     const floating[:, :, :, ::1] w,  # IN (K, C, FH, FW)
                     floating[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeroed by the caller; None: skip
-                    floating[:, ::1] dw,  # OUT (K, C * FH * FW)
+                    floating[:, ::1] dw,  # OUT (K, C * FH * FW); None: skip
                     floating[::1] db,  # OUT (K,)
                     Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, int num_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], FH = w.shape[2], FW = w.shape[3]
     cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3], P = OH * OW, CFF = C * FH * FW
-    cdef bint input_grad = dx is not None
+    cdef bint input_grad = dx is not None, weight_grad = dw is not None
     cdef Py_ssize_t blocks = blocks_per_image(K, CFF, FH, SH, OH, OW, sizeof(floating), True)
     cdef Py_ssize_t rows = (OH + blocks - 1) // blocks  # the most rows of any block
     # even blocks scatter their dx first, then odd ones (see blocks_per_image); without dx
@@ -330,7 +330,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, K, OH, OW)
     cdef floating *gt
     cdef floating *slot
     cdef const floating *g
-    for phase in range(phases):
+    for phase in range(phases if input_grad or weight_grad else 0):
         per_image = (blocks - phase + phases - 1) // phases
         units = N * per_image
         groups = min(units, WEIGHT_GROUPS)
@@ -348,9 +348,10 @@ def conv2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, K, OH, OW)
                     r1 = block_start(block + 1, blocks, OH)
                     L = (r1 - r0) * OW
                     g = &dout[n, 0, r0, 0]
-                    im2col_rows(&x[n, 0, 0, 0], C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1, cols)
-                    weight_gradient(cols, g, CFF, K, L, P, gt, slot,
-                                    j > group * units // groups)
+                    if weight_grad:
+                        im2col_rows(&x[n, 0, 0, 0], C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1, cols)
+                        weight_gradient(cols, g, CFF, K, L, P, gt, slot,
+                                        j > group * units // groups)
                     if input_grad:
                         # dcols (CFF, L) = w.T (CFF, K) @ dout block (K, L)
                         if floating is float:
@@ -360,9 +361,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dout,  # IN (N, K, OH, OW)
                         col2im_rows(dcols, C, H, W, FH, FW, SH, SW, PH, PW, OW, r0, r1,
                                     &dx[n, 0, 0, 0])
     # fixed-order sums, each thread over its own rows of the contiguous partials
-    cdef double[:, ::1] total = np.zeros((CFF, K))
+    cdef double[:, ::1] total = np.zeros((CFF if weight_grad else 0, K))
     with nogil:
-        for i in prange(CFF, num_threads=num_threads, schedule='static'):
+        for i in prange(CFF if weight_grad else 0, num_threads=num_threads, schedule='static'):
             for phase in range(phases):
                 for c in range(used[phase]):
                     for k in range(K):

@@ -19,6 +19,7 @@ cdef extern from "direct.h" nogil:
     direct_chunk_fn direct_chunk
     const char *direct_isa
     void direct_select()
+    Py_ssize_t direct_unit_rows(int q, Py_ssize_t OWu)
     Py_ssize_t DIRECT_ROW_FLOATS(Py_ssize_t OWu, Py_ssize_t FW)
 
 direct_select()
@@ -44,8 +45,11 @@ def direct_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], FH = w.shape[2], FW = w.shape[3]
     cdef Py_ssize_t OHo = out.shape[2], OWo = out.shape[3], OWu = OWo * q
-    cdef Py_ssize_t per_image = (OHo + UNITS - 1) // UNITS
-    cdef Py_ssize_t rows = UNITS * q + FH - 1
+    # a unit: one output row (q = 1), two rows pooled into one (q = 2), or a pair of narrow
+    # rows; units of pairs hold two rows of out, the last perhaps one
+    cdef Py_ssize_t per = direct_unit_rows(q, OWu), units = OHo if per == q else (OHo + 1) // 2
+    cdef Py_ssize_t per_image = (units + UNITS - 1) // UNITS
+    cdef Py_ssize_t rows = UNITS * per + FH - 1
     cdef float[:, ::1] scratch = np.empty((num_threads, C * rows * DIRECT_ROW_FLOATS(OWu, FW) + 16),
                                           dtype=np.float32)
     cdef Py_ssize_t chunk, img, u0, offset
@@ -60,5 +64,5 @@ def direct_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             img = chunk // per_image
             u0 = chunk % per_image * UNITS
             direct_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &w[0, 0, 0, 0], K, FH, FW, &b[0],
-                         apply_relu, q, u0, min(UNITS, OHo - u0), OWu, &out[img, 0, 0, 0],
+                         apply_relu, q, u0, min(UNITS, units - u0), OWu, &out[img, 0, 0, 0],
                          OHo, OWo, s)

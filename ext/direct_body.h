@@ -39,18 +39,21 @@ static void V(direct_rows)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, 
 }
 
 /* Output unit `orow` for filters k0 .. k0 + kb - 1 (kb <= DK_KB), columns col .. col + 4 *
- * V_VW / q - 1: four vectors of accumulators per filter, the two rows of each pool window
- * (q = 2) or four runs of columns (q = 1); q is a constant where it is inlined. */
+ * V_VW / q - 1 (two vectors with pairs): four vectors of accumulators per filter, the two
+ * rows of each pool window (q = 2), the two rows of a unit of two (pairs: narrow rows, whose
+ * unit is two rows of two vectors each) or four runs of columns (q = 1); q and pairs are
+ * constants where it is inlined. */
 static inline __attribute__((always_inline)) void V(direct_block)(
     const float *restrict base, Py_ssize_t rows, Py_ssize_t Wp, const float *restrict w,
     Py_ssize_t C, Py_ssize_t FH, Py_ssize_t FW, Py_ssize_t k0, int kb, Py_ssize_t col,
-    const float *restrict bias, int relu, const int q, float *restrict out, Py_ssize_t OHo,
-    Py_ssize_t orow, Py_ssize_t OWo)
+    const float *restrict bias, int relu, const int q, const int pairs, float *restrict out,
+    Py_ssize_t OHo, Py_ssize_t orow, Py_ssize_t OWo)
 {
     const Py_ssize_t taps = C * FH * FW;
+    const int two = q == 2 || pairs;  /* the slots span two rows of two vectors */
     /* slot s reads row ro[s] of the unit, at column co[s] of the block */
-    const Py_ssize_t ro[4] = {0, 0, q == 2 ? 1 : 0, q == 2 ? 1 : 0};
-    const Py_ssize_t co[4] = {0, V_VW, q == 2 ? 0 : 2 * V_VW, q == 2 ? V_VW : 3 * V_VW};
+    const Py_ssize_t ro[4] = {0, 0, two ? 1 : 0, two ? 1 : 0};
+    const Py_ssize_t co[4] = {0, V_VW, two ? 0 : 2 * V_VW, two ? V_VW : 3 * V_VW};
     V(vf) acc[DK_KB][4];
     for (int kk = 0; kk < DK_KB; kk++)
         for (int sl = 0; sl < 4; sl++)
@@ -85,24 +88,26 @@ static inline __attribute__((always_inline)) void V(direct_block)(
                 res[sl] = acc[kk][sl];
             n = 4;
         }
-        float *o = out + ((k0 + kk) * OHo + orow) * OWo + col / q;
         Py_ssize_t left = OWo - col / q;
         for (int v = 0; v < n; v++) {
+            /* pairs: vectors 2 and 3 are the unit's second row, when the image has it */
+            Py_ssize_t row = pairs ? 2 * orow + v / 2 : orow, at = pairs ? v % 2 : v;
+            float *o = out + ((k0 + kk) * OHo + row) * OWo + col / q;
+            if (row >= OHo)
+                break;
             V(vf) val = res[v] + bias[k0 + kk];
             if (relu)
                 val = V(relu)(val);
-            if (left >= (v + 1) * V_VW) {
-                *(V(vf) *)(o + v * V_VW) = val;
-            } else {
-                for (int t = 0; t < V_VW && v * V_VW + t < left; t++)
-                    o[v * V_VW + t] = val[t];
-            }
+            if (left >= (at + 1) * V_VW)
+                *(V(vf) *)(o + at * V_VW) = val;
+            else if (left > at * V_VW)
+                V(store_part)(o + at * V_VW, val, (int)(left - at * V_VW));
         }
     }
 }
 
-/* out (K, OHo, OWo) of one image: output units u0 .. u0 + units - 1, each q rows (q = 1, 2),
- * OWu output columns kept (with the pool, OWo * 2). */
+/* out (K, OHo, OWo) of one image: output units u0 .. u0 + units - 1, each q rows (q = 1, 2;
+ * narrow unpooled rows: 2, see direct_unit_rows), OWu output columns kept (with the pool, OWo * 2). */
 static void V(direct_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                             Py_ssize_t PH, Py_ssize_t PW, const float *restrict w, Py_ssize_t K,
                             Py_ssize_t FH, Py_ssize_t FW, const float *restrict bias, int relu,
@@ -110,20 +115,25 @@ static void V(direct_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H,
                             float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo,
                             float *restrict scratch)
 {
-    const Py_ssize_t block = 4 * V_VW / q;  /* output columns of one register block */
-    const Py_ssize_t rows = units * q + FH - 1;
+    /* rows no wider than two vectors go in pairs, unpooled: two rows of two vectors */
+    const int pairs = q == 1 && OWu <= 2 * V_VW, per = pairs ? 2 : q;  /* rows of a unit */
+    const Py_ssize_t block = pairs ? 2 * V_VW : 4 * V_VW / q;  /* output columns of one register block */
+    const Py_ssize_t rows = units * per + FH - 1;
     const Py_ssize_t Wp = DIRECT_ROW_FLOATS(OWu, FW);
-    V(direct_rows)(x, C, H, W, PH, PW, u0 * q, rows, Wp, scratch);
+    V(direct_rows)(x, C, H, W, PH, PW, u0 * per, rows, Wp, scratch);
     for (Py_ssize_t u = 0; u < units; u++) {
-        const float *base = scratch + u * q * Wp;
+        const float *base = scratch + u * per * Wp;
         for (Py_ssize_t k0 = 0; k0 < K; k0 += DK_KB) {
             int kb = K - k0 < DK_KB ? (int)(K - k0) : DK_KB;
             for (Py_ssize_t col = 0; col < OWu; col += block) {
                 if (q == 2)
-                    V(direct_block)(base, rows, Wp, w, C, FH, FW, k0, kb, col, bias, relu, 2,
+                    V(direct_block)(base, rows, Wp, w, C, FH, FW, k0, kb, col, bias, relu, 2, 0,
+                                    out, OHo, u0 + u, OWo);
+                else if (pairs)
+                    V(direct_block)(base, rows, Wp, w, C, FH, FW, k0, kb, col, bias, relu, 1, 1,
                                     out, OHo, u0 + u, OWo);
                 else
-                    V(direct_block)(base, rows, Wp, w, C, FH, FW, k0, kb, col, bias, relu, 1,
+                    V(direct_block)(base, rows, Wp, w, C, FH, FW, k0, kb, col, bias, relu, 1, 0,
                                     out, OHo, u0 + u, OWo);
             }
         }

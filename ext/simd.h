@@ -23,6 +23,8 @@
 #define SIMD_KB_MAX 8
 
 #if SIMD_MULTIVERSION
+#include <immintrin.h>  /* masked stores, used by the copies whose target has them */
+
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
 #define V(name) name##_avx512

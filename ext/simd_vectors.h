@@ -48,11 +48,43 @@ static inline V(vf) V(relu)(V(vf) v)
     return V(select)((v > 0) | (v != v), v, (V(vf)){0});
 }
 
-/* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * tb + t], for V_KB rows of u and all tb
+/* p[i] = v[i] for i < n (0 < n < V_VW): one masked store where the instruction set has it,
+ * instead of a store per lane */
+static inline void V(store_part)(float *p, V(vf) v, int n)
+{
+#if V_VW == 16
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#elif V_VW == 8
+    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    _mm256_maskstore_ps(p, (__m256i)(lanes < n), (__m256)v);
+#else
+    for (int i = 0; i < n; i++)
+        p[i] = v[i];
+#endif
+}
+
+/* p[i] for i < n (0 < n < V_VW), zeros past them, reading no further: a masked load where
+ * the instruction set has it */
+static inline V(vf) V(load_part)(const float *p, int n)
+{
+#if V_VW == 16
+    return (V(vf))_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+#elif V_VW == 8
+    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    return (V(vf))_mm256_maskload_ps(p, (__m256i)(lanes < n));
+#else
+    V(vf) v = {0};
+    for (int i = 0; i < n; i++)
+        v[i] = p[i];
+    return v;
+#endif
+}
+
+/* m[kk][t] = sum over c of u[kk * ldu + c] * v[c * ldv + t], for V_KB rows of u and all tb
  * columns of v (a multiple of 2 * V_VW): the register-blocked micro-kernel of both kernels */
 static inline void V(gemm_block)(const float *restrict u, Py_ssize_t ldu,
-                                  const float *restrict v, Py_ssize_t C, Py_ssize_t tb,
-                                  float *restrict m)
+                                  const float *restrict v, Py_ssize_t ldv, Py_ssize_t C,
+                                  Py_ssize_t tb, float *restrict m)
 {
     for (Py_ssize_t t = 0; t < tb; t += 2 * V_VW) {
         V(vf) acc0[V_KB], acc1[V_KB];
@@ -62,8 +94,8 @@ static inline void V(gemm_block)(const float *restrict u, Py_ssize_t ldu,
         }
         const float *vt = v + t;
         for (Py_ssize_t c = 0; c < C; c++) {
-            V(vf) v0 = *(const V(vf) *)(vt + c * tb);
-            V(vf) v1 = *(const V(vf) *)(vt + c * tb + V_VW);
+            V(vf) v0 = *(const V(vf) *)(vt + c * ldv);
+            V(vf) v1 = *(const V(vf) *)(vt + c * ldv + V_VW);
 #pragma GCC unroll 8
             for (int kk = 0; kk < V_KB; kk++) {
                 float uk = u[kk * ldu + c];

@@ -13,25 +13,49 @@ The output stage adds the bias and applies the ReLU and a q x q max-pool when q 
 import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
+from libc.string cimport memcpy, memset
 
 cdef extern from "winograd.h" nogil:
+    ctypedef struct wg_outputs:
+        Py_ssize_t slot, n, ow, stride
+    ctypedef struct wg_inputs:
+        Py_ssize_t slot, n, w, pw, stride
     ctypedef void (*wg_chunk_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, const float *,
                                  int, int, int, const float *, const float *, const float *,
-                                 Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                 float *, Py_ssize_t, Py_ssize_t, float *) noexcept
+                                 Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 float *, Py_ssize_t, Py_ssize_t, const wg_inputs *,
+                                 const wg_outputs *, float *) noexcept
     wg_chunk_fn wg_chunk
+    ctypedef void (*wg_gradient_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                    Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                    Py_ssize_t, int, const float *, Py_ssize_t, Py_ssize_t,
+                                    Py_ssize_t, Py_ssize_t, Py_ssize_t, const wg_inputs *,
+                                    const wg_outputs *, float *, double *, float *) noexcept
+    wg_gradient_fn wg_gradient_chunk
+    ctypedef void (*wg_filter_fn)(const float *, Py_ssize_t, int, const double *, int, Py_ssize_t,
+                                  Py_ssize_t, float *) noexcept
+    wg_filter_fn wg_transform_filter
+    Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp, int m,
+                                          Py_ssize_t tb)
     const char *wg_isa
-    int WG_KB_MAX, WG_N, WG_MMAX
+    int WG_KB_MAX, WG_N, WG_MMAX, WG_TILES
     void wg_select()
     Py_ssize_t wg_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects, int m, Py_ssize_t tb)
     void wg_input_matrix(float *bt)
 
 wg_select()
 
-# Tiles per chunk, a multiple of 32 (the micro-kernel's width): the chunk's transformed input
-# (n*n x C x TILES floats) stays in L2 for the channel counts of small nets.
-cdef Py_ssize_t TILES = 32
+# Tiles per chunk (see winograd.h).
+cdef Py_ssize_t TILES = WG_TILES
+
+# The weight gradient's sums: one slot per group of chunks, a constant so that the order of
+# the sums is fixed by the shapes alone, and enough groups to share out among threads.
+GRADIENT_GROUPS = 16
+# Filters and channels of its slots are padded to multiples of these (its register block,
+# and the widest vector).
+GRADIENT_FILTER_BLOCK = 2 * WG_KB_MAX
+GRADIENT_CHANNEL_BLOCK = 16
 
 # Filters of U are padded with zeros to a multiple of this (every register block fits in it).
 FILTER_BLOCK = WG_KB_MAX
@@ -56,27 +80,6 @@ def instruction_set():
     return wg_isa.decode()
 
 
-cdef void transform_filter(const float *f, Py_ssize_t C, Py_ssize_t r, const double *gm,
-                           Py_ssize_t n, Py_ssize_t Kp, Py_ssize_t k, float *dst) noexcept nogil:
-    """Filter k (C, r, r) at f into dst[(i * n + j) * Kp + k, c] = (G f_c G^T)[i, j]."""
-    cdef double half[8][8]
-    cdef double acc
-    cdef Py_ssize_t c, i, j, a, bb
-    for c in range(C):
-        for i in range(n):  # half = G f (n x r)
-            for bb in range(r):
-                acc = 0
-                for a in range(r):
-                    acc = acc + gm[i * 8 + a] * f[(c * r + a) * r + bb]
-                half[i][bb] = acc
-        for i in range(n):  # G f G^T
-            for j in range(n):
-                acc = 0
-                for bb in range(r):
-                    acc = acc + half[i][bb] * gm[j * 8 + bb]
-                dst[((i * n + j) * Kp + k) * C + c] = <float>acc
-
-
 def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
                       const double[:, ::1] g,  # IN (N, r): G
                       float[:, :, ::1] u,  # OUT (N*N, Kp, C), Kp >= K: U = G w G^T, rest 0
@@ -93,51 +96,14 @@ def transform_filters(const float[:, :, :, ::1] w,  # IN (K, C, r, r)
         return
     with nogil:
         for k in prange(K, num_threads=num_threads, schedule='static'):
-            transform_filter(&w[k, 0, 0, 0], C, r, gm, n, Kp, k, &u[0, 0, 0])
+            wg_transform_filter(&w[k, 0, 0, 0], C, r, gm, n, Kp, k, &u[0, 0, 0])
 
 
-def to_wide(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
-            Py_ssize_t PW, float[:, :, :, ::1] wide,  # OUT (1, C, H, N * Wp), Wp >= W + 2 PW
-            int num_threads):
-    """Images side by side: wide[0, c, h, n * Wp + PW + w] = x[n, c, h, w], zeros between."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t Wp = wide.shape[3] // max(N, 1), c, h, n, j
-    cdef float *row
-    cdef const float *src
-    if N == 0:
-        return
-    with nogil:
-        for c in prange(C, num_threads=num_threads, schedule='static'):
-            for h in range(H):
-                for n in range(N):
-                    row = &wide[0, c, h, n * Wp]
-                    src = &x[n, c, h, 0]
-                    for j in range(PW):
-                        row[j] = 0
-                    for j in range(W):
-                        row[PW + j] = src[j]
-                    for j in range(PW + W, Wp):
-                        row[j] = 0
-
-
-def from_wide(const float[:, :, :, ::1] wide,  # IN (1, K, OH, >= (N - 1) * per + OW)
-              Py_ssize_t per, float[:, :, :, ::1] out,  # OUT (N, K, OH, OW)
-              int num_threads):
-    """out[n, k, h, j] = wide[0, k, h, n * per + j]: each image's outputs from the row."""
-    cdef Py_ssize_t N = out.shape[0], K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t k, h, n, j
-    cdef float *dst
-    cdef const float *src
-    if N == 0 or OH == 0:
-        return
-    with nogil:
-        for k in prange(K, num_threads=num_threads, schedule='static'):
-            for n in range(N):
-                for h in range(OH):
-                    dst = &out[n, k, h, 0]
-                    src = &wide[0, k, h, n * per]
-                    for j in range(OW):
-                        dst[j] = src[j]
+cdef wg_inputs side_by_side(Py_ssize_t slot, Py_ssize_t n, Py_ssize_t w, Py_ssize_t pw,
+                            Py_ssize_t stride) noexcept:
+    cdef wg_inputs wide
+    wide.slot, wide.n, wide.w, wide.pw, wide.stride = slot, n, w, pw, stride
+    return wide
 
 
 def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
@@ -148,15 +114,24 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OH, Py_ssize_t OW,
                    bint apply_relu, int q, int num_threads,
                    const float[:, ::1] p=None,  # IN (K2p, K), K2p a multiple of FILTER_BLOCK
-                   const float[::1] p_bias=None):  # IN (K2,)
+                   const float[::1] p_bias=None,  # IN (K2,)
+                   Py_ssize_t slot=0):
     """The convolution, bias, ReLU and pool; with p, then the 1x1 convolution p, p_bias of
-    that (out has K2 = p_bias.shape[0] channels)."""
+    that (out has K2 = p_bias.shape[0] channels). slot > 0: the images run side by side as
+    one wide image, each in a slot of that many columns with its PW columns of padding on
+    each side (detector.winograd.layout), read and written where they lie."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = b.shape[0], Kp = u.shape[1]
     cdef int m = at.shape[0]
     cdef bint projects = p is not None
     cdef Py_ssize_t K2 = p_bias.shape[0] if projects else 0
     cdef Py_ssize_t OHo = out.shape[2], OWo = out.shape[3]
+    cdef wg_outputs side
+    side.slot, side.n, side.ow, side.stride = slot // q, out.shape[0], OWo, out.shape[1] * OHo * OWo
+    cdef wg_inputs wide = side_by_side(slot, N, W, PW, C * H * W)
+    if slot:  # one wide image, the padding inside its slots; its output's columns
+        N, W, PW = 1, N * slot, 0
+        OWo = (W - (WG_N - m)) // q
     # the tiles that hold an output that is kept (with a pool, the rows and columns of
     # incomplete windows are never computed)
     cdef Py_ssize_t rows = (OHo * q + m - 1) // m, cols = (OWo * q + m - 1) // m
@@ -180,5 +155,89 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             t0 = chunk % per_row * tb
             count = min(tb, cols - t0)
             wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
-                     apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count, tb,
-                     &out[img, 0, 0, 0], OHo, OWo, s)
+                     apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count,
+                     &out[img, 0, 0, 0], OHo, OWo, &wide, &side, s)
+
+
+def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
+                    const float[:, :, :, ::1] dout,  # IN (N, K, OH, >= OW)
+                    const float[:, ::1] g,  # IN (N, m): G' of F(r, m), r the filters' size
+                    const double[:, ::1] at,  # IN (r, N): A'^T of F(r, m)
+                    float[:, :, :, ::1] slots,  # SCRATCH (groups, N*N, Kp, Cp)
+                    float[:, :, :, ::1] dw,  # OUT (K, C, r, r)
+                    float[::1] db,  # OUT (K,)
+                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, int num_threads,
+                    Py_ssize_t slot=0):
+    """dw[k, c] = A'^T M A', M[xi] the sum over the tiles t of (G' D_t[k] G'^T)[xi] times
+    (B^T d_t[c] B)[xi], D_t the tile's m x m outputs' gradient and d_t its input patch (see
+    winograd_body.h). Chunks are the forward's; slot s sums a run of them fixed by the
+    shapes alone, and the slots are summed in order, in float64. db: the sum of dout, from
+    the values the chunks read, in float64 slots summed likewise. slot > 0: side by side, as
+    in winograd_infer; OW is then the wide output's columns."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], ldo = dout.shape[3]
+    cdef Py_ssize_t groups = slots.shape[0], Kp = slots.shape[2], Cp = slots.shape[3]
+    cdef int m = g.shape[1]
+    cdef wg_outputs side
+    side.slot, side.n, side.ow, side.stride = slot, dout.shape[0], ldo, K * OH * ldo
+    cdef wg_inputs wide = side_by_side(slot, N, W, PW, C * H * W)
+    if slot:  # one wide image, the padding inside its slots
+        N, W, PW = 1, N * slot, 0
+    cdef Py_ssize_t rows = (OH + m - 1) // m, cols = (OW + m - 1) // m
+    cdef Py_ssize_t tb = TILES, per_row = (cols + tb - 1) // tb, chunks = N * rows * per_row
+    cdef Py_ssize_t floats = wg_gradient_scratch_floats(C, Kp, Cp, m, tb)
+    cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
+    cdef Py_ssize_t group, chunk, img, ti, t0, offset, b
+    cdef float *s
+    cdef double[:, ::1] db_slots = np.zeros((groups, K))
+    slots[:] = 0
+    db[:] = 0
+    if chunks == 0 or K == 0 or C == 0:
+        return
+    groups = min(groups, chunks)
+    with nogil, parallel(num_threads=num_threads):
+        s = &scratch[threadid(), 0]
+        offset = (<size_t>s // 4) % 16
+        s = s + (16 - offset) % 16
+        for group in prange(groups, schedule='static'):
+            for chunk in range(group * chunks // groups, (group + 1) * chunks // groups):
+                img = chunk // (rows * per_row)
+                ti = chunk // per_row % rows
+                t0 = chunk % per_row * tb
+                wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[img, 0, 0, 0],
+                                  K, OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0),
+                                  Kp, Cp, &wide, &side, &slots[group, 0, 0, 0], &db_slots[group, 0], s)
+    # M summed over the slots in order, then A'^T M A' per (k, c)
+    cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a
+    cdef double[:, :, ::1] total = np.empty((nn, K, C))
+    cdef double[:, ::1] halves = np.empty((num_threads, WG_N))
+    cdef double *half
+    cdef double acc
+    for k in range(K):
+        acc = 0
+        for group in range(groups):
+            acc = acc + db_slots[group, k]
+        db[k] = <float>acc
+    with nogil, parallel(num_threads=num_threads):
+        for xi in prange(nn, schedule='static'):
+            for k in range(K):
+                for c in range(C):
+                    total[xi, k, c] = slots[0, xi, k, c]
+                for group in range(1, groups):
+                    for c in range(C):
+                        total[xi, k, c] += slots[group, xi, k, c]
+    with nogil, parallel(num_threads=num_threads):
+        half = &halves[threadid(), 0]
+        for kc in prange(K * C, schedule='static'):
+            k, c = kc // C, kc % C
+            for i in range(r):
+                for b in range(WG_N):  # row i of A'^T M
+                    acc = 0
+                    for a in range(WG_N):
+                        acc = acc + at[i, a] * total[a * WG_N + b, k, c]
+                    half[b] = acc
+                for j in range(r):
+                    acc = 0
+                    for b in range(WG_N):
+                        acc = acc + half[b] * at[j, b]
+                    dw[k, c, i, j] = <float>acc

@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 
 from detector import layers as L
+from detector import winograd
 
 import reference as ref
 
 # (N, C, H, W, K, FH, FW, padding, relu, pool): filters of any shape, rows wider than a
-# register block and narrower, K not a multiple of the filter block, odd outputs under a pool
+# register block and narrower, K not a multiple of the filter block, odd outputs under a pool,
+# narrow unpooled rows (in pairs: an even and an odd number of them, one vector and two wide)
 CASES = [
+    (3, 1, 32, 32, 16, 5, 5, (0, 0), False, None),
+    (2, 2, 17, 12, 5, 5, 5, (1, 0), True, None),
+    (1, 3, 8, 7, 9, 3, 3, (0, 0), False, None),
     (1, 1, 20, 37, 16, 5, 5, (0, 0), True, 2),
     (2, 3, 33, 70, 7, 3, 3, (1, 2), False, None),
     (1, 2, 9, 9, 5, 5, 5, (2, 2), True, 2),
@@ -81,10 +86,14 @@ COPY_CHECK = """
 import json, sys
 import numpy as np
 from detector import layers as L
+from detector import winograd as fast
 from detector._ext import direct, winograd
 rng = np.random.default_rng(0)
 x = rng.standard_normal((2, 3, 29, 75)).astype(np.float32)
 outs = {}
+narrow = x[:, :, :, :7].copy()  # rows that go in pairs on every copy
+outs["direct narrow"] = L.conv2d_infer(narrow, np.ones((4, 3, 3, 3), np.float32), np.zeros(4, np.float32),
+                                       algorithm="direct").tolist()
 for r in (3, 5):
     w = rng.standard_normal((11, 3, r, r)).astype(np.float32)
     b = rng.standard_normal(11).astype(np.float32)
@@ -92,6 +101,13 @@ for r in (3, 5):
         for pool in (None, 2):
             outs[f"{algorithm} {r} {pool}"] = L.conv2d_infer(x, w, b, padding=1, relu=True, pool=pool,
                                                              algorithm=algorithm).tolist()
+    dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
+    outs[f"weight gradient {r}"] = fast.weight_gradient(x, dout, r, (1, 1))[0].tolist()
+    # narrow images, which run side by side (read and written in place, masked vectors)
+    small = x[:, :, :13, :13].repeat(3, axis=0)
+    outs[f"side by side {r}"] = L.conv2d_infer(small, w, b, padding=1, algorithm="winograd").tolist()
+    small_dout = rng.standard_normal((6, 11, 15 - r, 15 - r)).astype(np.float32)
+    outs[f"side by side gradient {r}"] = fast.weight_gradient(small, small_dout, r, (1, 1))[0].tolist()
 print(json.dumps({"isa": [direct.instruction_set(), winograd.instruction_set()], "outs": outs}))
 """
 
@@ -108,6 +124,8 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
         assert result["isa"] == ["baseline", "baseline"]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 29, 75)).astype(np.float32)
+    narrow = naive(x[:, :, :, :7], np.ones((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), (0, 0), False, None)
+    np.testing.assert_allclose(result["outs"]["direct narrow"], narrow, rtol=1e-5, atol=1e-4)
     for r in (3, 5):
         w = rng.standard_normal((11, 3, r, r)).astype(np.float32)
         b = rng.standard_normal(11).astype(np.float32)
@@ -115,3 +133,15 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
             for pool in (None, 2):
                 out = np.array(result["outs"][f"{algorithm} {r} {pool}"], np.float32)
                 np.testing.assert_allclose(out, naive(x, w, b, (1, 1), True, pool), rtol=1e-4, atol=1e-4)
+        dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
+        _, dw, _ = ref.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64),
+                                       (1, 1), (1, 1))
+        np.testing.assert_allclose(result["outs"][f"weight gradient {r}"], dw, rtol=1e-4, atol=1e-3)
+        small = x[:, :, :13, :13].repeat(3, axis=0)
+        assert winograd.layout(6, 13, 1, r, 13, 13)[1] is not None, "the narrow images run side by side"
+        np.testing.assert_allclose(result["outs"][f"side by side {r}"], naive(small, w, b, (1, 1), False, None),
+                                   rtol=1e-4, atol=1e-4)
+        small_dout = rng.standard_normal((6, 11, 15 - r, 15 - r)).astype(np.float32)
+        _, dw, _ = ref.conv2d_backward(small.astype(np.float64), w.astype(np.float64),
+                                       small_dout.astype(np.float64), (1, 1), (1, 1))
+        np.testing.assert_allclose(result["outs"][f"side by side gradient {r}"], dw, rtol=1e-4, atol=1e-3)

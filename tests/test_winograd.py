@@ -215,14 +215,14 @@ def test_narrow_images_run_side_by_side_and_match_the_naive_loop():
 
 
 def test_training_forward_takes_winograd_where_it_pays_and_matches_the_naive_loop():
-    from detector.layers import _winograd_pays
+    from detector.layers import _training_algorithm
 
     rng = np.random.default_rng(9)
     x = rng.standard_normal((64, 16, 14, 14)).astype(np.float32)  # the default net's conv2, batch 64
     w = rng.standard_normal((32, 16, 5, 5)).astype(np.float32)
     b = rng.standard_normal(32).astype(np.float32)
-    assert _winograd_pays(x, w, (1, 1), 0, (10, 10))
-    assert not _winograd_pays(x[:, :1], w[:, :1], (1, 1), 0, (10, 10))  # one channel: im2col
+    assert _training_algorithm(x.dtype, x.shape, w.shape, (1, 1), 0, (10, 10)) == "winograd"
+    assert _training_algorithm(x.dtype, (64, 1, 14, 14), (32, 1, 5, 5), (1, 1), 0, (10, 10)) != "winograd"
     out, _ = L.conv2d_forward(x, w, b)
     expected, scale = naive(x, w, b, (0, 0), False, None)
     assert np.all(np.abs(out - expected) <= ERROR * scale + 1e-30)
@@ -232,8 +232,10 @@ def test_training_forward_refuses_what_winograd_cannot_run():
     x, w, b = np.zeros((1, 2, 9, 9)), np.zeros((3, 2, 5, 5)), np.zeros(3)
     with pytest.raises(ValueError, match="cannot run this layer: it computes in float32, and x is float64"):
         L.conv2d_forward(x, w, b, algorithm="winograd")
-    with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', not 'direct'"):
+    with pytest.raises(ValueError, match="the direct convolution cannot run this layer: it computes in float32"):
         L.conv2d_forward(x, w, b, algorithm="direct")
+    with pytest.raises(ValueError, match="algorithm must be one of 'auto', 'im2col', 'winograd', 'direct', not 'fft'"):
+        L.conv2d_forward(x, w, b, algorithm="fft")
 
 
 @pytest.mark.parametrize("r, width", [(3, 13), (3, 14), (5, 14), (5, 9)])
@@ -246,3 +248,115 @@ def test_a_nan_in_one_image_of_a_side_by_side_batch_stays_in_it(r, width):
     out = L.conv2d_infer(x, w, np.zeros(3, np.float32), algorithm="winograd")
     bad = ~np.isfinite(out).reshape(6, -1).all(axis=1)
     assert bad.tolist() == [True, False, False, True, False, False]
+
+
+# -- training backward: dw by F(r x r, m x m) over the forward's tiles, dx as a correlation --
+
+# The gradients' float32 errors are bounded by ERROR of a tile's scale rather than of each
+# entry's own, since a tile mixes all its inputs: for dx, the largest sum of |w| |dout| over
+# the windows of the entries up to m - 1 away (an entry whose window holds one product may
+# share a tile with far larger ones: 6e-4 of its own scale was measured); for dw, the largest
+# sum of |dout| |x| over the products of an entry of the same filter and channel. Measured up
+# to 2.1e-6 of those, over 30 seeds of GRADIENT_CASES.
+
+def reference_gradients(x, w, dout, padding):
+    """dx, dw, db in float64 by the loop over output positions, and the tile scales of dx and
+    dw their float32 errors are bounded by (see above)."""
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, dout))
+    exact = ref.conv2d_backward(x64, w64, g64, (1, 1), padding)
+    dx_scale = ref.conv2d_backward(np.zeros_like(x64), np.abs(w64), np.abs(g64), (1, 1), padding)[0]
+    m = winograd.TILES[w.shape[2]]
+    padded = np.pad(dx_scale, ((0, 0), (0, 0), (m - 1, m - 1), (m - 1, m - 1)))
+    h, width = x.shape[2:]
+    dx_scale = np.max([padded[:, :, i:i + h, j:j + width] for i in range(2 * m - 1) for j in range(2 * m - 1)], axis=0)
+    dw_scale = ref.conv2d_backward(np.abs(x64), w64, np.abs(g64), (1, 1), padding)[1]
+    return exact, (dx_scale, dw_scale.max(axis=(2, 3), keepdims=True))
+
+
+# (N, C, H, W, K, r, padding): odd sides, padding, K and C not multiples of the slots'
+# blocks, narrow images side by side, rows wider than a chunk, outputs smaller than a tile
+GRADIENT_CASES = [
+    (1, 1, 12, 12, 3, 5, (0, 0)),
+    (2, 3, 17, 23, 5, 5, (1, 2)),
+    (9, 16, 14, 14, 32, 5, (0, 0)),
+    (1, 5, 9, 80, 17, 5, (2, 2)),
+    (3, 2, 5, 5, 1, 5, (0, 0)),
+    (2, 4, 9, 11, 9, 3, (1, 1)),
+    (5, 16, 12, 12, 32, 3, (1, 1)),
+    (1, 3, 20, 150, 17, 3, (2, 0)),
+    (2, 18, 3, 3, 8, 3, (0, 0)),
+]
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_weight_gradient_matches_the_reference_within_its_error(case):
+    n, c, h, width, k, r, padding = case
+    rng = np.random.default_rng(sum(case[:6]))
+    x = rng.standard_normal((n, c, h, width)).astype(np.float32)
+    w = rng.standard_normal((k, c, r, r)).astype(np.float32)
+    oh, ow = h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1
+    dout = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+    (_, dw, db), (_, scale) = reference_gradients(x, w, dout, padding)
+    got, got_db = winograd.weight_gradient(x, dout, r, padding)
+    assert got.dtype == np.float32 and got.shape == w.shape
+    assert np.all(np.abs(got - dw) <= ERROR * scale)
+    # the bias gradient, summed in float32 within a chunk's tiles and in float64 over them
+    np.testing.assert_allclose(got_db, db, rtol=1e-5, atol=1e-5 * np.abs(dout).sum(axis=(0, 2, 3)).max())
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_input_gradient_by_winograd_matches_the_reference_within_its_error(case):
+    n, c, h, width, k, r, padding = case
+    rng = np.random.default_rng(sum(case[:6]) + 1)
+    x = rng.standard_normal((n, c, h, width)).astype(np.float32)
+    w = rng.standard_normal((k, c, r, r)).astype(np.float32)
+    oh, ow = h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1
+    dout = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+    (dx, _, _), (scale, _) = reference_gradients(x, w, dout, padding)
+    got = L._winograd_input_gradient(dout, w, padding, (h, width))
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert np.all(np.abs(got - dx) <= ERROR * scale + 1e-30)
+
+
+@pytest.mark.parametrize("shape, k, r, pad", [((64, 16, 14, 14), 32, 5, 0), ((8, 16, 32, 32), 32, 3, 1),
+                                              ((1, 16, 130, 300), 32, 5, 0)])
+def test_training_backward_takes_winograd_where_it_pays_and_matches_the_reference(shape, k, r, pad):
+    from detector.layers import _training_algorithm, _winograd_input_gradient_pays
+
+    rng = np.random.default_rng(r + pad)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((k, shape[1], r, r)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    out, cache = L.conv2d_forward(x, w, b, padding=pad)
+    out_size = out.shape[2:]
+    assert _training_algorithm(x.dtype, x.shape, w.shape, (1, 1), pad, out_size) == "winograd"
+    assert _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (1, 1), (pad, pad), out_size)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx, dw, db = L.conv2d_backward(dout, cache)
+    (rdx, rdw, rdb), (sdx, sdw) = reference_gradients(x, w, dout, (pad, pad))
+    assert np.all(np.abs(dw - rdw) <= ERROR * sdw)
+    assert np.all(np.abs(dx - rdx) <= ERROR * sdx + 1e-30)
+    np.testing.assert_allclose(db, rdb, rtol=1e-5, atol=1e-3)
+    _, dw_only, db_only = L.conv2d_backward(dout, cache, input_grad=False)
+    np.testing.assert_array_equal(dw_only, dw)
+    np.testing.assert_array_equal(db_only, db)
+
+
+def test_backward_gives_identical_bits_for_any_thread_count(same_bits_for_any_thread_count):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((9, 8, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((20, 8, 5, 5)).astype(np.float32)
+    big = rng.standard_normal((1, 4, 70, 130)).astype(np.float32)
+    w3 = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    dout = rng.standard_normal((9, 20, 10, 10)).astype(np.float32)
+    dout3 = rng.standard_normal((1, 6, 70, 130)).astype(np.float32)
+    same_bits_for_any_thread_count(lambda: [
+        *winograd.weight_gradient(x, dout, 5, (0, 0)), L._winograd_input_gradient(dout, w, (0, 0), (14, 14)),
+        *winograd.weight_gradient(big, dout3, 3, (1, 1)), L._winograd_input_gradient(dout3, w3, (1, 1), (70, 130))])
+
+
+def test_weight_gradient_transforms_are_those_of_the_module():
+    # F(r, m) over the same six points: the gradient's B^T is the forward's, which the kernel applies
+    for r, m in ((5, 2), (3, 4)):
+        np.testing.assert_array_equal(winograd.transforms(r, m)[2], winograd.transforms(m, r)[2])
+        np.testing.assert_array_equal(winograd.transforms(r, m)[2], kernel.input_matrix())

@@ -8,6 +8,8 @@ matrix is given for free: the ceiling of any im2col + BLAS implementation. Max p
 is compared with NumPy's reshape-and-max trick. When PyTorch is installed, every layer is also
 timed in ``torch.nn.functional`` (backward through its ATen kernels, on the same number of
 threads) beside ``speedup_vs_torch``, its time / ours; it is skipped with a note otherwise.
+Convolutions time ours and PyTorch's call by call in turns, so that a change in the machine's
+load (another process, or BLAS threads still spinning after the sgemm sample) falls on both.
 
 The JSON keeps the vocabulary of :mod:`detector.report_json`: durations in milliseconds under
 keys ending in ``_ms``.
@@ -22,7 +24,7 @@ import numpy as np
 from .. import layers as L
 from .. import heap
 from ..threads import get_num_threads
-from .timing import median_seconds, sgemm_seconds
+from .timing import median_seconds, paired_median_seconds, sgemm_seconds
 
 SGEMM_N = 1024
 CONV_CASES = [  # (x shape, filters, kernel size, padding)
@@ -70,9 +72,10 @@ def _torch():
 
 
 def _against_torch(result, fwd, bwd, torch_fwd, torch_bwd):
-    """Add PyTorch's medians (and its time / ours) to a case's passes."""
+    """Add PyTorch's medians (and its time / ours) to a case's passes: torch_fwd and
+    torch_bwd are its seconds, or functions to time."""
     for pass_, ours, theirs in (("forward", fwd, torch_fwd), ("backward", bwd, torch_bwd)):
-        seconds = median_seconds(theirs)
+        seconds = theirs if isinstance(theirs, float) else median_seconds(theirs)
         result[pass_].update(torch_ms=seconds * 1e3, speedup_vs_torch=seconds / ours)
     return result
 
@@ -85,8 +88,17 @@ def _conv_case(shape, k, f, pad, rng, torch=None):
     out, cache = L.conv2d_forward(x, wt, b, padding=pad)
     dout = rng.standard_normal(out.shape, dtype=np.float32)
     flops = 2.0 * out.size * c * f * f
-    fwd = median_seconds(lambda: L.conv2d_forward(x, wt, b, padding=pad))
-    bwd = median_seconds(lambda: L.conv2d_backward(dout, cache))
+    forward = lambda: L.conv2d_forward(x, wt, b, padding=pad)  # noqa: E731
+    backward = lambda: L.conv2d_backward(dout, cache)  # noqa: E731
+    if torch is None:
+        fwd, bwd = median_seconds(forward), median_seconds(backward)
+    else:
+        tx, tw, tb, tg = (torch.from_numpy(a) for a in (x, wt, b, dout))
+        fwd, torch_fwd = paired_median_seconds(
+            [forward, lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=pad)])
+        bwd, torch_bwd = paired_median_seconds(
+            [backward, lambda: torch.ops.aten.convolution_backward(
+                tg, tx, tw, [k], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])])
     # the same products as plain NumPy GEMMs, the im2col matrix given for free
     cols = rng.standard_normal((c * f * f, out.size // k), dtype=np.float32)
     wmat, g = wt.reshape(k, -1), rng.standard_normal((k, cols.shape[1]), dtype=np.float32)
@@ -94,13 +106,7 @@ def _conv_case(shape, k, f, pad, rng, torch=None):
     np_bwd = median_seconds(lambda: (g @ cols.T, wmat.T @ g))
     name = f"conv {shape} {k}x{f}x{f}" + (f" pad {pad}" if pad else "")
     result = {"name": name, "input_channels": c, **_gemm_passes(flops, fwd, bwd, np_fwd, np_bwd)}
-    if torch is None:
-        return result
-    tx, tw, tb, tg = (torch.from_numpy(a) for a in (x, wt, b, dout))
-    return _against_torch(
-        result, fwd, bwd, lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=pad),
-        lambda: torch.ops.aten.convolution_backward(tg, tx, tw, [k], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
-                                                    [True, True, True]))
+    return result if torch is None else _against_torch(result, fwd, bwd, torch_fwd, torch_bwd)
 
 
 def _pool_case(rng, torch=None):
