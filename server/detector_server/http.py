@@ -44,7 +44,8 @@ from detector import cli_args
 from . import detector_pb2 as pb
 from .client import MODES, reply_to_dict
 from .metrics import CONTENT_TYPE_LATEST
-from .servicer import Deadline, Failure, Stop, by_deadline
+from .servicer import MODES as SERVICER_MODES
+from .servicer import Deadline, Failure
 
 log = logging.getLogger("detector_server")
 
@@ -262,18 +263,10 @@ class HttpFace:
             message, timeout = detect_request(request.query)
         except ValueError as error:
             raise Failure(C.INVALID_ARGUMENT, str(error)) from None
-        request["mode"] = "sliding" if message.mode == pb.SLIDING else "fcn"
+        request["mode"] = SERVICER_MODES[message.mode]
         deadline = Deadline(timeout, self.servicer.max_request_seconds)
         try:
-            try:
-                message.encoded = await by_deadline(self._image_bytes(request), deadline)
-            except Stop as stop:
-                raise Failure(stop.code, f"{stop} while the image was still arriving") from None
-            except Failure as failure:
-                if failure.refused:
-                    self.metrics.refused.labels("http", failure.refused).inc()
-                raise
-            reply = await self.servicer.detect_reply(message, deadline, "http")
+            reply = await self.servicer.detect_reply(message, deadline, "http", lambda: self._image_bytes(request))
         except asyncio.CancelledError:
             deadline.cancel()  # the client hung up: the worker stops at its next check
             raise

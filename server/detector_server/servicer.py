@@ -174,10 +174,18 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         except Failure as failure:
             await context.abort(failure.code, failure.message)
 
-    async def detect_reply(self, request, deadline, protocol):
+    async def detect_reply(self, request, deadline, protocol, receive=None):
         """The :class:`DetectReply` of a request, whatever ``protocol`` brought it: admitted,
-        detected on a worker thread and timed. Raises :class:`Failure` with the status."""
+        detected on a worker thread and timed. Raises :class:`Failure` with the status.
+        ``receive()``, for a protocol that reads the image itself (HTTP), gives the image's
+        bytes within the deadline, before the call asks for a place: a client that sends
+        slowly holds no worker."""
         try:
+            if receive is not None:
+                try:
+                    request.encoded = await by_deadline(receive(), deadline)
+                except Stop as stop:
+                    raise Failure(stop.code, f"{stop} while the image was still arriving") from None
             return await self._detect_reply(request, deadline)
         except Failure as failure:
             if failure.refused and self.metrics:
