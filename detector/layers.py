@@ -261,9 +261,12 @@ def conv2d_backward(dout, cache, input_grad=True):
 
     With ``input_grad=False`` dx is None and costs nothing: a net's first layer needs no
     gradient for its input. float32 stride-1 3x3 and 5x5 layers take Winograd's transforms
-    where the cost model expects them faster: dw and db wherever the forward takes Winograd
-    (:func:`detector.winograd.weight_gradient`), dx as the forward kernel's correlation of
-    dout with the flipped filters; their float32 errors: tests/test_winograd.py.
+    where the cost model expects them faster for the forward: for a batch of at least
+    ``BACKWARD_GROUPS`` images, every gradient from one pass over the forward's tiles
+    transposed (:func:`detector.winograd.fused_backward`); for fewer, dw and db by
+    :func:`detector.winograd.weight_gradient` and dx, where the cost model expects it
+    faster, as the forward kernel's correlation of dout with the flipped filters. Their
+    float32 errors: tests/test_winograd.py.
     """
     _check_cache(cache, ConvCache, "conv2d_forward")
     x, w, (sh, sw), (ph, pw) = cache
@@ -272,6 +275,9 @@ def conv2d_backward(dout, cache, input_grad=True):
     ow = output_size(x.shape[3], w.shape[3], pw, sw, "width")
     dout = _gradient(dout, x, (n, k, oh, ow))
     winograd_dw = _training_algorithm(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow)) == "winograd"
+    if winograd_dw and n >= _wg.BACKWARD_GROUPS:  # a batch: every gradient from one pass
+        dx, dw, db = _winograd.fused_backward(x, dout, w, (ph, pw), input_grad)
+        return dx, dw, db
     winograd_dx = input_grad and _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (sh, sw), (ph, pw),
                                                                (oh, ow))
     dx = np.zeros_like(x) if input_grad and not winograd_dx else None

@@ -157,3 +157,31 @@ def weight_gradient(x, dout, r, padding):
     _kernel.weight_gradient(x, dout, g.astype(np.float32), transforms(r, m)[0], slots, dw, db,
                             ph, pw, ow, threads, slot or 0)
     return dw, db
+
+
+def fused_backward(x, dout, w, padding, input_grad=True):
+    """dx (N, C, H, W) or None, dw (K, C, r, r) and db (K,) of a stride-1 convolution of
+    float32 x (N, C, H, W) by filters w (K, C, r, r) with padding (PH, PW), whose outputs'
+    gradient is dout (N, K, OH, OW): the forward's Winograd tiles transposed, from one pass
+    over the tiles numbered across the batch (ext/winograd_flat_body.h). dw = G^T dU G, dU
+    summed in float32 per group of images and over the groups in float64."""
+    (n, c, h, width), (k, _, r, _) = x.shape, w.shape
+    out = (n, k, h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1)
+    if tuple(dout.shape) != out:
+        raise ValueError(f"dout must have the outputs' shape {out}, not {tuple(dout.shape)}")
+    m = TILES[r]
+    _, g, _ = transforms(m, r)
+    nn = g.shape[0] ** 2
+    u = prepare(w).u  # (nn, K padded, C)
+    cu = -(-c // _kernel.FILTER_BLOCK) * _kernel.FILTER_BLOCK
+    ut = np.zeros((nn, cu, k), np.float32)
+    ut[:, :c, :] = u[:, :k, :].transpose(0, 2, 1)
+    kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
+    cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
+    slots = np.empty((_kernel.BACKWARD_GROUPS, nn, kp, cp), np.float32)
+    dx = np.zeros_like(x) if input_grad else None
+    dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
+    _kernel.fused_backward(x, np.ascontiguousarray(dout), ut,
+                           np.ascontiguousarray(g.T), slots, dx, dw, db, padding[0], padding[1],
+                           get_num_threads())
+    return dx, dw, db

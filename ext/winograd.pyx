@@ -33,6 +33,14 @@ cdef extern from "winograd.h" nogil:
                                     Py_ssize_t, Py_ssize_t, Py_ssize_t, const wg_inputs *,
                                     const wg_outputs *, float *, double *, float *) noexcept
     wg_gradient_fn wg_gradient_chunk
+    ctypedef struct wg_flat:
+        Py_ssize_t C, H, W, PH, PW, K, OH, OW, rows, cols
+        int m
+    ctypedef void (*wg_backward_fn)(const float *, const float *, const wg_flat *, Py_ssize_t,
+                                    Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, float *,
+                                    double *, float *, float *) noexcept
+    wg_backward_fn wg_backward_chunk
+    Py_ssize_t wg_backward_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp)
     ctypedef void (*wg_filter_fn)(const float *, Py_ssize_t, int, const double *, int, Py_ssize_t,
                                   Py_ssize_t, float *) noexcept
     wg_filter_fn wg_transform_filter
@@ -52,6 +60,8 @@ cdef Py_ssize_t TILES = WG_TILES
 # The weight gradient's sums: one slot per group of chunks, a constant so that the order of
 # the sums is fixed by the shapes alone, and enough groups to share out among threads.
 GRADIENT_GROUPS = 16
+# The fused backward's groups of images: fewer, as each of its slots sums a whole group.
+BACKWARD_GROUPS = 8
 # Filters and channels of its slots are padded to multiples of these (its register block,
 # and the widest vector).
 GRADIENT_FILTER_BLOCK = 2 * WG_KB_MAX
@@ -207,8 +217,16 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                 wg_gradient_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &dout[img, 0, 0, 0],
                                   K, OH, OW, ldo, m, &g[0, 0], ti, t0, min(tb, cols - t0),
                                   Kp, Cp, &wide, &side, &slots[group, 0, 0, 0], &db_slots[group, 0], s)
-    # M summed over the slots in order, then A'^T M A' per (k, c)
-    cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a
+    _finish_weight_gradient(slots, db_slots, groups, at, dw, db, num_threads)
+
+
+cdef _finish_weight_gradient(float[:, :, :, ::1] slots, double[:, ::1] db_slots, Py_ssize_t groups,
+                             const double[:, ::1] at, float[:, :, :, ::1] dw, float[::1] db,
+                             int num_threads):
+    """db: the sum of the first groups slots of db_slots; dw[k, c] = A'^T M A', M the sum of
+    the first groups slots, in order, in float64 (at: A'^T (r, N))."""
+    cdef Py_ssize_t K = dw.shape[0], C = dw.shape[1]
+    cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a, b, group
     cdef double[:, :, ::1] total = np.empty((nn, K, C))
     cdef double[:, ::1] halves = np.empty((num_threads, WG_N))
     cdef double *half
@@ -241,3 +259,50 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                     for b in range(WG_N):
                         acc = acc + half[b] * at[j, b]
                     dw[k, c, i, j] = <float>acc
+
+
+def fused_backward(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
+                   const float[:, :, :, ::1] dout,  # IN (N, K, OH, OW)
+                   const float[:, :, ::1] ut,  # IN (N6*N6, Cu, K): U transposed, Cu = C padded to FILTER_BLOCK
+                   const double[:, ::1] gt,  # IN (r, N6): G^T of F(m, r)
+                   float[:, :, :, ::1] slots,  # SCRATCH (groups, N6*N6, Kp, Cp)
+                   float[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeros on entry; or None
+                   float[:, :, :, ::1] dw,  # OUT (K, C, r, r)
+                   float[::1] db,  # OUT (K,)
+                   Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    """The gradients of a stride-1 Winograd convolution from one pass over its tiles, numbered
+    across the batch (winograd_flat_body.h): dw = G^T dU G, dU summed per group of images in
+    float32 and over the groups in float64, in order; db likewise; dx (when given) added tile
+    by tile, each group's images by one thread, in the tiles' order. Groups are fixed by the
+    shapes alone: the bits do not depend on the thread count."""
+    cdef wg_flat geo
+    cdef int m = WG_N - gt.shape[0] + 1  # n = m + r - 1
+    geo.C, geo.H, geo.W, geo.PH, geo.PW = x.shape[1], x.shape[2], x.shape[3], PH, PW
+    geo.K, geo.OH, geo.OW, geo.m = dout.shape[1], dout.shape[2], dout.shape[3], m
+    geo.rows, geo.cols = (geo.OH + m - 1) // m, (geo.OW + m - 1) // m
+    cdef Py_ssize_t N = x.shape[0], per = geo.rows * geo.cols
+    cdef Py_ssize_t groups = min(slots.shape[0], N), Kp = slots.shape[2], Cp = slots.shape[3]
+    cdef Py_ssize_t floats = wg_backward_scratch_floats(geo.C, Kp, Cp)
+    cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
+    cdef double[:, ::1] db_slots = np.zeros((slots.shape[0], geo.K))
+    cdef Py_ssize_t group, f, f1, offset
+    cdef float *s
+    cdef float *dxp = &dx[0, 0, 0, 0] if dx is not None and dx.shape[0] else NULL
+    slots[:] = 0
+    db[:] = 0
+    if N == 0 or per == 0 or geo.K == 0 or geo.C == 0:
+        dw[:] = 0
+        return
+    with nogil, parallel(num_threads=num_threads):
+        s = &scratch[threadid(), 0]
+        offset = (<size_t>s // 4) % 16
+        s = s + (16 - offset) % 16
+        for group in prange(groups, schedule='static'):
+            f = group * N // groups * per
+            f1 = (group + 1) * N // groups * per
+            while f < f1:
+                wg_backward_chunk(&x[0, 0, 0, 0], &dout[0, 0, 0, 0], &geo, f, min(TILES, f1 - f),
+                                  &ut[0, 0, 0], Kp, Cp, &slots[group, 0, 0, 0],
+                                  &db_slots[group, 0], dxp, s)
+                f = f + TILES
+    _finish_weight_gradient(slots, db_slots, groups, gt, dw, db, num_threads)

@@ -425,6 +425,62 @@ static inline void V(transpose)(V(vf) *rows)
     }
 }
 
+/* ud[xi][k][t] = (G' D_t[k] G'^T)[xi] for one filter k and the tiles t < WG_TILES, from
+ * d[(a * m + b) * WG_TILES + t] = D_t[k][a][b] (g: G' (n, m)); db[k] += the sum of every
+ * D_t[k] value (zeros past the outputs), in float32 by lanes, then in double. */
+static inline __attribute__((always_inline)) void V(gradient_math_m)(
+    const float *restrict d_ab, const int m, const float *restrict g, Py_ssize_t Kp,
+    Py_ssize_t k, float *restrict ud, double *restrict db)
+{
+    V(vf) sum = {0};
+    for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW) {
+        V(vf) d[WG_MMAX][WG_MMAX], e[WG_N][WG_MMAX];
+        for (int a = 0; a < m; a++)
+            for (int b = 0; b < m; b++) {
+                d[a][b] = *(const V(vf) *)(d_ab + (a * m + b) * WG_TILES + t);
+                sum += d[a][b];
+            }
+        for (int mu = 0; mu < WG_N; mu++)  /* e = G' D */
+            for (int b = 0; b < m; b++) {
+                V(vf) acc = d[0][b] * g[mu * m];
+                for (int a = 1; a < m; a++)
+                    acc += d[a][b] * g[mu * m + a];
+                e[mu][b] = acc;
+            }
+        for (int mu = 0; mu < WG_N; mu++)  /* e G'^T */
+            for (int nu = 0; nu < WG_N; nu++) {
+                V(vf) acc = e[mu][0] * g[nu * m];
+                for (int b = 1; b < m; b++)
+                    acc += e[mu][b] * g[nu * m + b];
+                *(V(vf) *)(ud + ((mu * WG_N + nu) * Kp + k) * WG_TILES + t) = acc;
+            }
+    }
+    double total = 0;
+    for (int lane = 0; lane < V_VW; lane++)
+        total += sum[lane];
+    db[k] += total;
+}
+
+static void V(gradient_math)(const float *restrict d_ab, int m, const float *restrict g,
+                              Py_ssize_t Kp, Py_ssize_t k, float *restrict ud, double *restrict db)
+{
+    if (m == 2)
+        V(gradient_math_m)(d_ab, 2, g, Kp, k, ud, db);
+    else if (m == 4)
+        V(gradient_math_m)(d_ab, 4, g, Kp, k, ud, db);
+    else
+        V(gradient_math_m)(d_ab, m, g, Kp, k, ud, db);
+}
+
+/* ud's rows k in [K, Kp) of every xi: zeros */
+static void V(zero_rows)(float *restrict ud, Py_ssize_t K, Py_ssize_t Kp)
+{
+    for (Py_ssize_t xi = 0; xi < WG_N * WG_N; xi++)
+        for (Py_ssize_t k = K; k < Kp; k++)
+            for (Py_ssize_t t = 0; t < WG_TILES; t++)
+                ud[(xi * Kp + k) * WG_TILES + t] = 0;
+}
+
 /* ud[xi][k][t] = (G' D_t[k] G'^T)[xi] for filters k < K (rows up to Kp are zeros), the tiles
  * t0 .. t0 + WG_TILES - 1 of tile row ti: D_t[k][a][b] = dout[k][ti*m + a][(t0 + t)*m + b], 0 past
  * (OH, OW); g: G' (n, m). */
@@ -434,7 +490,6 @@ static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_s
                                    const wg_outputs *side, float *restrict phases,
                                    float *restrict ud, double *restrict db)
 {
-    const Py_ssize_t nn = WG_N * WG_N;
     float *buf = phases + m * m * WG_TILES;  /* the chunk's part of a wide row */
     for (Py_ssize_t k = 0; k < K; k++) {
         for (int a = 0; a < m; a++) {  /* phases[a][b][t] = D_t[k][a][b] */
@@ -447,38 +502,26 @@ static void V(gradient_transform)(const float *restrict dout, Py_ssize_t K, Py_s
             for (int b = 0; b < m; b++)
                 V(phase_copy)(src, first + b, width, m, WG_TILES, phases + (a * m + b) * WG_TILES);
         }
-        V(vf) sum = {0};  /* the bias gradient's share: every D_t[k] value, zeros past (OH, OW) */
-        for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW) {
-            V(vf) d[WG_MMAX][WG_MMAX], e[WG_N][WG_MMAX];
-            for (int a = 0; a < m; a++)
-                for (int b = 0; b < m; b++) {
-                    d[a][b] = *(const V(vf) *)(phases + (a * m + b) * WG_TILES + t);
-                    sum += d[a][b];
-                }
-            for (int mu = 0; mu < WG_N; mu++)  /* e = G' D */
-                for (int b = 0; b < m; b++) {
-                    V(vf) acc = d[0][b] * g[mu * m];
-                    for (int a = 1; a < m; a++)
-                        acc += d[a][b] * g[mu * m + a];
-                    e[mu][b] = acc;
-                }
-            for (int mu = 0; mu < WG_N; mu++)  /* e G'^T */
-                for (int nu = 0; nu < WG_N; nu++) {
-                    V(vf) acc = e[mu][0] * g[nu * m];
-                    for (int b = 1; b < m; b++)
-                        acc += e[mu][b] * g[nu * m + b];
-                    *(V(vf) *)(ud + ((mu * WG_N + nu) * Kp + k) * WG_TILES + t) = acc;
-                }
-        }
-        double total = 0;
-        for (int lane = 0; lane < V_VW; lane++)
-            total += sum[lane];
-        db[k] += total;
+        V(gradient_math)(phases, m, g, Kp, k, ud, db);
     }
+    V(zero_rows)(ud, K, Kp);
+}
+
+/* vt[xi][t][c] = v[c][xi][t] for the tiles t < WG_TILES, zeros for c in [C, Cp) */
+static void V(transpose_tiles)(const float *restrict v, Py_ssize_t C, Py_ssize_t Cp,
+                                float *restrict vt)
+{
+    const Py_ssize_t nn = WG_N * WG_N;
     for (Py_ssize_t xi = 0; xi < nn; xi++)
-        for (Py_ssize_t k = K; k < Kp; k++)
-            for (Py_ssize_t t = 0; t < WG_TILES; t++)
-                ud[(xi * Kp + k) * WG_TILES + t] = 0;
+        for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW)
+            for (Py_ssize_t c0 = 0; c0 < Cp; c0 += V_VW) {
+                V(vf) rows[V_VW];
+                for (int i = 0; i < V_VW; i++)
+                    rows[i] = c0 + i < C ? *(const V(vf) *)(v + ((c0 + i) * nn + xi) * WG_TILES + t) : (V(vf)){0};
+                V(transpose)(rows);
+                for (int i = 0; i < V_VW; i++)
+                    *(V(vf) *)(vt + (xi * WG_TILES + t + i) * Cp + c0) = rows[i];
+            }
 }
 
 /* slot[xi][k][c] (Kp x Cp per xi, Kp a multiple of 2 * V_KB, Cp of V_VW) += the products of
@@ -529,16 +572,7 @@ static void V(gradient_chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t 
     float *ud = vt + nn * WG_TILES * Cp;    /* nn * Kp * WG_TILES */
     float *phases = ud + nn * Kp * WG_TILES; /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1), a row */
     V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, in, phases, v);
-    for (Py_ssize_t xi = 0; xi < nn; xi++)  /* vt[xi][t][c] = v[c][xi][t], zeros for c >= C */
-        for (Py_ssize_t t = 0; t < WG_TILES; t += V_VW)
-            for (Py_ssize_t c0 = 0; c0 < Cp; c0 += V_VW) {
-                V(vf) rows[V_VW];
-                for (int i = 0; i < V_VW; i++)
-                    rows[i] = c0 + i < C ? *(const V(vf) *)(v + ((c0 + i) * nn + xi) * WG_TILES + t) : (V(vf)){0};
-                V(transpose)(rows);
-                for (int i = 0; i < V_VW; i++)
-                    *(V(vf) *)(vt + (xi * WG_TILES + t + i) * Cp + c0) = rows[i];
-            }
+    V(transpose_tiles)(v, C, Cp, vt);
     V(gradient_transform)(dout, K, Kp, OH, OW, ldo, m, g, ti, t0, side, phases, ud, db);
     V(gradient_accumulate)(ud, vt, Kp, Cp, count, slot);
 }
@@ -583,3 +617,5 @@ static void V(transform_filter)(const float *restrict f, Py_ssize_t C, int r,
             }
     }
 }
+
+#include "winograd_flat_body.h"

@@ -108,6 +108,8 @@ for r in (3, 5):
     outs[f"side by side {r}"] = L.conv2d_infer(small, w, b, padding=1, algorithm="winograd").tolist()
     small_dout = rng.standard_normal((6, 11, 15 - r, 15 - r)).astype(np.float32)
     outs[f"side by side gradient {r}"] = fast.weight_gradient(small, small_dout, r, (1, 1))[0].tolist()
+    # the fused backward: tiles numbered across the batch, pieces of rows in masked vectors
+    outs[f"fused backward {r}"] = [a.tolist() for a in fast.fused_backward(small, small_dout, w, (1, 1))]
 print(json.dumps({"isa": [direct.instruction_set(), winograd.instruction_set()], "outs": outs}))
 """
 
@@ -145,3 +147,7 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
         _, dw, _ = ref.conv2d_backward(small.astype(np.float64), w.astype(np.float64),
                                        small_dout.astype(np.float64), (1, 1), (1, 1))
         np.testing.assert_allclose(result["outs"][f"side by side gradient {r}"], dw, rtol=1e-4, atol=1e-3)
+        dx, dw, db = ref.conv2d_backward(small.astype(np.float64), w.astype(np.float64),
+                                         small_dout.astype(np.float64), (1, 1), (1, 1))
+        for got, want in zip(result["outs"][f"fused backward {r}"], (dx, dw, db)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

@@ -318,6 +318,32 @@ def test_input_gradient_by_winograd_matches_the_reference_within_its_error(case)
     assert np.all(np.abs(got - dx) <= ERROR * scale + 1e-30)
 
 
+# and for the fused backward: padding past r - 1 (patches wholly outside the image), rows
+# wider than a piece, a batch whose tiles fill no whole chunk
+FUSED_CASES = GRADIENT_CASES + [(3, 4, 6, 6, 3, 5, (4, 4)), (2, 3, 7, 61, 5, 3, (1, 3)), (11, 2, 9, 7, 3, 5, (2, 1))]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_backward_matches_the_reference_within_its_error(case):
+    n, c, h, width, k, r, padding = case
+    rng = np.random.default_rng(sum(case[:6]) + 2)
+    x = rng.standard_normal((n, c, h, width)).astype(np.float32)
+    w = rng.standard_normal((k, c, r, r)).astype(np.float32)
+    oh, ow = h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1
+    dout = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+    (rdx, rdw, rdb), (sdx, sdw) = reference_gradients(x, w, dout, padding)
+    dx, dw, db = winograd.fused_backward(x, dout, w, padding)
+    assert dx.dtype == dw.dtype == db.dtype == np.float32
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (k,)
+    assert np.all(np.abs(dx - rdx) <= ERROR * sdx + 1e-30)
+    assert np.all(np.abs(dw - rdw) <= ERROR * sdw)
+    np.testing.assert_allclose(db, rdb, rtol=1e-5, atol=1e-5 * np.abs(dout).sum(axis=(0, 2, 3)).max())
+    none, dw_only, db_only = winograd.fused_backward(x, dout, w, padding, input_grad=False)
+    assert none is None
+    np.testing.assert_array_equal(dw_only, dw)
+    np.testing.assert_array_equal(db_only, db)
+
+
 @pytest.mark.parametrize("shape, k, r, pad", [((64, 16, 14, 14), 32, 5, 0), ((8, 16, 32, 32), 32, 3, 1),
                                               ((1, 16, 130, 300), 32, 5, 0)])
 def test_training_backward_takes_winograd_where_it_pays_and_matches_the_reference(shape, k, r, pad):
@@ -333,6 +359,9 @@ def test_training_backward_takes_winograd_where_it_pays_and_matches_the_referenc
     assert _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (1, 1), (pad, pad), out_size)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     dx, dw, db = L.conv2d_backward(dout, cache)
+    if shape[0] >= kernel.BACKWARD_GROUPS:  # a batch: the fused backward, bit for bit
+        for got, fused in zip((dx, dw, db), winograd.fused_backward(x, dout, w, (pad, pad))):
+            np.testing.assert_array_equal(got, fused)
     (rdx, rdw, rdb), (sdx, sdw) = reference_gradients(x, w, dout, (pad, pad))
     assert np.all(np.abs(dw - rdw) <= ERROR * sdw)
     assert np.all(np.abs(dx - rdx) <= ERROR * sdx + 1e-30)
@@ -350,9 +379,12 @@ def test_backward_gives_identical_bits_for_any_thread_count(same_bits_for_any_th
     w3 = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
     dout = rng.standard_normal((9, 20, 10, 10)).astype(np.float32)
     dout3 = rng.standard_normal((1, 6, 70, 130)).astype(np.float32)
+    dout_padded = rng.standard_normal((3, 20, 14, 12)).astype(np.float32)
     same_bits_for_any_thread_count(lambda: [
         *winograd.weight_gradient(x, dout, 5, (0, 0)), L._winograd_input_gradient(dout, w, (0, 0), (14, 14)),
-        *winograd.weight_gradient(big, dout3, 3, (1, 1)), L._winograd_input_gradient(dout3, w3, (1, 1), (70, 130))])
+        *winograd.weight_gradient(big, dout3, 3, (1, 1)), L._winograd_input_gradient(dout3, w3, (1, 1), (70, 130)),
+        *winograd.fused_backward(x, dout, w, (0, 0)), *winograd.fused_backward(x[:3], dout_padded, w, (2, 1)),
+        *winograd.fused_backward(big, dout3, w3, (1, 1))])
 
 
 def test_weight_gradient_transforms_are_those_of_the_module():
