@@ -92,6 +92,8 @@ def cost(x_shape, w_shape, out_size, pool=1, prepared=False, pad=0):
         m = winograd.TILES[fh]
         kp = -(-k // _wg.FILTER_BLOCK) * _wg.FILTER_BLOCK
         t, _ = winograd.layout(n, width, pad, fh, oh, ow, pool)
+        if winograd.flat_pays(n, width, pad, fh, oh, ow, pool):
+            t = winograd.flat_tiles(n, fh, oh, ow, pool)
         seconds = np.dot(WINOGRAD_COST[fh], (t * 36 * kp * c, t * 36 * c, t * kp * m * m, 1))
         costs["winograd"] = seconds + (0 if prepared else PREPARE_COST * k * c)
     return {name: float(v) for name, v in costs.items()}

@@ -120,6 +120,21 @@ def _chunked_tiles(out_h, out_w, pool, m):
     return rows * -(-cols // _kernel.TILES_PER_CHUNK) * _kernel.TILES_PER_CHUNK
 
 
+def flat_tiles(n, r, out_h, out_w, pool=1):
+    """Tiles the kernel computes for n images' outputs (OH, OW) and a fused pool when its
+    chunks are runs of the tiles numbered across the batch: every kept output's tile, the
+    last chunk padded."""
+    m, chunk = TILES[r], _kernel.TILES_PER_CHUNK
+    rows, cols = -(-(out_h // pool * pool) // m), -(-(out_w // pool * pool) // m)
+    return -(-n * rows * cols // chunk) * chunk
+
+
+def flat_pays(n, width, pad, r, out_h, out_w, pool=1):
+    """Whether chunks of tiles numbered across the batch compute at least a tenth fewer tiles
+    than :func:`layout`'s rows of chunks: their pieces of rows cost a little more a tile."""
+    return flat_tiles(n, r, out_h, out_w, pool) <= 0.9 * layout(n, width, pad, r, out_h, out_w, pool)[0]
+
+
 def layout(n, width, pad, r, out_h, out_w, pool=1):
     """How the kernel takes a batch of n images ``width`` wide (padded by ``pad`` columns) with
     outputs (OH, OW): (tiles, side) with side None for image by image, or the width of each

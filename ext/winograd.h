@@ -129,7 +129,12 @@ typedef void (*wg_backward_fn)(const float *, const float *, const wg_flat *, Py
                                Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, float *,
                                double *, float *, float *);
 
+typedef void (*wg_flat_fn)(const float *, const wg_flat *, Py_ssize_t, Py_ssize_t, const float *,
+                           Py_ssize_t, const float *, int, int, const float *, float *,
+                           Py_ssize_t, Py_ssize_t, float *);
+
 static wg_chunk_fn wg_chunk = chunk_base;
+static wg_flat_fn wg_flat_chunk = flat_chunk_base;
 static wg_backward_fn wg_backward_chunk = backward_chunk_base;
 static wg_filter_fn wg_transform_filter = transform_filter_base;
 static wg_gradient_fn wg_gradient_chunk = gradient_chunk_base;
@@ -142,6 +147,7 @@ static void wg_select(void)
     wg_transform_filter = SIMD_PICK(transform_filter);
     wg_gradient_chunk = SIMD_PICK(gradient_chunk);
     wg_backward_chunk = SIMD_PICK(backward_chunk);
+    wg_flat_chunk = SIMD_PICK(flat_chunk);
     wg_isa = simd_names[simd_level()];
 }
 
@@ -158,6 +164,13 @@ static Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssi
                                              Py_ssize_t tb)
 {
     return WG_N * WG_N * (C + Cp + Kp) * tb + WG_N * m * (tb + (WG_N - 1) / m + 1) + WG_ROW_FLOATS;
+}
+
+/* floats of scratch one thread needs for the forward's chunks of tiles numbered across the
+ * batch (flat_chunk) */
+static Py_ssize_t wg_flat_scratch_floats(Py_ssize_t C)
+{
+    return WG_N * WG_N * WG_TILES * (C + WG_KB_MAX + 1);
 }
 
 /* floats of scratch one thread needs for the fused backward's chunks (backward_chunk) */

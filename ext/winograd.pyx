@@ -40,6 +40,11 @@ cdef extern from "winograd.h" nogil:
                                     Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t, float *,
                                     double *, float *, float *) noexcept
     wg_backward_fn wg_backward_chunk
+    ctypedef void (*wg_flat_fn)(const float *, const wg_flat *, Py_ssize_t, Py_ssize_t, const float *,
+                                Py_ssize_t, const float *, int, int, const float *, float *,
+                                Py_ssize_t, Py_ssize_t, float *) noexcept
+    wg_flat_fn wg_flat_chunk
+    Py_ssize_t wg_flat_scratch_floats(Py_ssize_t C)
     Py_ssize_t wg_backward_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp)
     ctypedef void (*wg_filter_fn)(const float *, Py_ssize_t, int, const double *, int, Py_ssize_t,
                                   Py_ssize_t, float *) noexcept
@@ -167,6 +172,37 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
             wg_chunk(&x[img, 0, 0, 0], C, H, W, PH, PW, &u[0, 0, 0], K, Kp, &b[0],
                      apply_relu, q, m, &at[0, 0], pp, pb, K2, ti, t0, count,
                      &out[img, 0, 0, 0], OHo, OWo, &wide, &side, s)
+
+
+def flat_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
+               const float[:, :, ::1] u,  # IN (n*n, Kp, C), Kp a multiple of FILTER_BLOCK
+               const float[::1] b,  # IN (K,)
+               const float[:, ::1] at,  # IN (m, N): A^T
+               float[:, :, :, ::1] out,  # OUT (N, K, OH // q, OW // q)
+               Py_ssize_t PH, Py_ssize_t PW, bint apply_relu, int q, int num_threads):
+    """winograd_infer without a projection, over tiles numbered across the batch
+    (winograd_flat_body.h): chunks of TILES tiles of any images, so that narrow images waste
+    none. Each chunk writes its own outputs: the bits do not depend on the thread count."""
+    cdef wg_flat geo
+    cdef int m = at.shape[0]
+    cdef Py_ssize_t N = x.shape[0], OHo = out.shape[2], OWo = out.shape[3]
+    geo.C, geo.H, geo.W, geo.PH, geo.PW, geo.m = x.shape[1], x.shape[2], x.shape[3], PH, PW, m
+    geo.K, geo.OH, geo.OW = b.shape[0], OHo * q, OWo * q
+    geo.rows, geo.cols = (OHo * q + m - 1) // m, (OWo * q + m - 1) // m
+    cdef Py_ssize_t tiles = N * geo.rows * geo.cols, chunks = (tiles + TILES - 1) // TILES
+    cdef float[:, ::1] scratch = np.empty((num_threads, wg_flat_scratch_floats(geo.C) + 16), dtype=np.float32)
+    cdef Py_ssize_t chunk, offset
+    cdef float *s
+    if tiles == 0 or geo.K == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        s = &scratch[threadid(), 0]
+        offset = (<size_t>s // 4) % 16
+        s = s + (16 - offset) % 16
+        for chunk in prange(chunks, schedule='static'):
+            wg_flat_chunk(&x[0, 0, 0, 0], &geo, chunk * TILES, min(TILES, tiles - chunk * TILES),
+                          &u[0, 0, 0], u.shape[1], &b[0], apply_relu, q, &at[0, 0],
+                          &out[0, 0, 0, 0], OHo, OWo, &s[0])
 
 
 def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)

@@ -115,6 +115,7 @@ typedef struct {
     Py_ssize_t piece;
     V(vi) mask, idx[WG_N];
     unsigned bits;
+    int lane, lanes;  /* its first lane and their number: tiles lane - pos .. of the piece */
 } V(share);
 
 /* The shares of the chunk's vectors of tiles, vector by vector: vector i's are
@@ -138,6 +139,7 @@ static void V(shares)(const wg_piece *pieces, int np, int m, V(share) *shares, i
             sh->piece = p;
             sh->mask = (lanes >= lo) & (lanes < hi);
             sh->bits = ((1u << hi) - 1) & ~((1u << lo) - 1);
+            sh->lane = lo, sh->lanes = hi - lo;
             for (int s = 0; s < WG_N; s++)
                 sh->idx[s] = cols[s] - (int)(m * off);
         }
@@ -364,6 +366,100 @@ static void V(backward_chunk)(const float *restrict x, const float *restrict dou
                 V(flat_scatter_m)(dv + cc * WG_TILES, V_KB * WG_TILES, g, 2, c0 + cc, pieces, np, e, dx);
             else
                 V(flat_scatter_m)(dv + cc * WG_TILES, V_KB * WG_TILES, g, 4, c0 + cc, pieces, np, e, dx);
+        }
+    }
+}
+
+/* -- The forward over the same chunks ------------------------------------------------------ */
+
+/* Output channel k of the chunk's finished tiles into out (N, K, OHo, OWo): fin[(a2 * per +
+ * b2) * WG_TILES + t] is output (a2, b2) of tile t (per a side, after the pool). Per vector
+ * of tiles and piece with a share of it: the share's lanes moved down to lane 0, a tile's
+ * per columns interleaved, stored with a mask up to the row's end. */
+static inline __attribute__((always_inline)) void V(flat_emit_per)(
+    const float *restrict fin, const int per, const wg_piece *pieces, const V(share) *shares,
+    const int *first, Py_ssize_t k, Py_ssize_t K, float *restrict out, Py_ssize_t OHo,
+    Py_ssize_t OWo)
+{
+    for (int tv = 0; tv < WG_TILES / V_VW; tv++) {
+        V(vf) plane[WG_MMAX][WG_MMAX];
+        for (int a2 = 0; a2 < per; a2++)
+            for (int b2 = 0; b2 < per; b2++)
+                plane[a2][b2] = *(const V(vf) *)(fin + (a2 * per + b2) * WG_TILES + tv * V_VW);
+        for (int h = first[tv]; h < first[tv + 1]; h++) {
+            const V(share) *sh = shares + h;
+            const wg_piece *pc = pieces + sh->piece;
+            const Py_ssize_t col = (pc->tj + tv * V_VW + sh->lane - pc->pos) * per;
+            const Py_ssize_t kept = OWo - col < sh->lanes * per ? OWo - col : sh->lanes * per;
+            V(vi) down;
+            for (int j = 0; j < V_VW; j++)
+                down[j] = (j + sh->lane) & (V_VW - 1);
+            for (int a2 = 0; a2 < per; a2++) {
+                const Py_ssize_t row = pc->ti * per + a2;
+                if (row >= OHo)
+                    break;
+                float *restrict o = out + ((pc->img * K + k) * OHo + row) * OWo + col;
+                V(vf) v[WG_MMAX], w[WG_MMAX];
+                for (int b2 = 0; b2 < per; b2++)
+                    v[b2] = __builtin_shuffle(plane[a2][b2], down);
+                if (per == 1) {
+                    w[0] = v[0];
+                } else if (per == 2) {
+                    w[0] = __builtin_shuffle(v[0], v[1], V(interleave_lo));
+                    w[1] = __builtin_shuffle(v[0], v[1], V(interleave_hi));
+                } else {  /* per == 4 */
+                    V(vf) a_lo = __builtin_shuffle(v[0], v[2], V(interleave_lo));
+                    V(vf) a_hi = __builtin_shuffle(v[0], v[2], V(interleave_hi));
+                    V(vf) b_lo = __builtin_shuffle(v[1], v[3], V(interleave_lo));
+                    V(vf) b_hi = __builtin_shuffle(v[1], v[3], V(interleave_hi));
+                    w[0] = __builtin_shuffle(a_lo, b_lo, V(interleave_lo));
+                    w[1] = __builtin_shuffle(a_lo, b_lo, V(interleave_hi));
+                    w[2] = __builtin_shuffle(a_hi, b_hi, V(interleave_lo));
+                    w[3] = __builtin_shuffle(a_hi, b_hi, V(interleave_hi));
+                }
+                for (int i = 0; i < per && i * V_VW < kept; i++)
+                    V(store_range)(o + i * V_VW, w[i], 0, (int)(kept - i * V_VW));
+            }
+        }
+    }
+}
+
+/* The forward of one chunk: the count tiles from flat tile f0 (g->rows x g->cols an image:
+ * those that hold a kept output), then bias, ReLU and a q x q max-pool as chunk() does;
+ * u: (n*n, Kp, C); out: (N, K, OHo, OWo). */
+static void V(flat_chunk)(const float *restrict x, const wg_flat *g, Py_ssize_t f0,
+                           Py_ssize_t count, const float *restrict u, Py_ssize_t Kp,
+                           const float *restrict bias, int relu, int q,
+                           const float *restrict at, float *restrict out, Py_ssize_t OHo,
+                           Py_ssize_t OWo, float *restrict scratch)
+{
+    const Py_ssize_t nn = WG_N * WG_N, C = g->C, K = g->K;
+    const int m = g->m, per = m / q;
+    float *v = scratch;                   /* nn * C * WG_TILES */
+    float *mb = v + nn * C * WG_TILES;    /* nn * V_KB * WG_TILES */
+    float *e = mb + nn * WG_KB_MAX * WG_TILES;  /* nn * WG_TILES, then the finished planes */
+    wg_piece pieces[WG_TILES];
+    const int np = wg_pieces(g, f0, count, WG_PIECE(m), V_VW, pieces);
+    V(share) shares[WG_TILES + WG_TILES / V_VW];
+    int first[WG_TILES / V_VW + 1];
+    V(shares)(pieces, np, m, shares, first);
+    if (m == 2)
+        V(flat_input_m)(x, g, 2, pieces, shares, first, e, v);
+    else
+        V(flat_input_m)(x, g, 4, pieces, shares, first, e, v);
+    for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
+        for (Py_ssize_t xi = 0; xi < nn; xi++)
+            V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * WG_TILES, nn * WG_TILES, C,
+                          WG_TILES, mb + xi * V_KB * WG_TILES);
+        for (int kk = 0; kk < V_KB && k0 + kk < K; kk++) {
+            V(output_transform)(mb + kk * WG_TILES, V_KB * WG_TILES, m, at, WG_TILES, bias[k0 + kk],
+                                relu, q, e);
+            if (per == 1)
+                V(flat_emit_per)(e, 1, pieces, shares, first, k0 + kk, K, out, OHo, OWo);
+            else if (per == 2)
+                V(flat_emit_per)(e, 2, pieces, shares, first, k0 + kk, K, out, OHo, OWo);
+            else
+                V(flat_emit_per)(e, 4, pieces, shares, first, k0 + kk, K, out, OHo, OWo);
         }
     }
 }

@@ -103,13 +103,18 @@ for r in (3, 5):
                                                              algorithm=algorithm).tolist()
     dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
     outs[f"weight gradient {r}"] = fast.weight_gradient(x, dout, r, (1, 1))[0].tolist()
-    # narrow images, which run side by side (read and written in place, masked vectors)
+    # narrow images, in chunks of tiles numbered across the batch (pieces of rows in masked
+    # vectors), and side by side (read and written in place, masked vectors)
     small = x[:, :, :13, :13].repeat(3, axis=0)
+    outs[f"flat {r}"] = L.conv2d_infer(small, w, b, padding=1, pool=2, algorithm="winograd").tolist()
+    flat_pays, fast.flat_pays = fast.flat_pays, lambda *args: False
     outs[f"side by side {r}"] = L.conv2d_infer(small, w, b, padding=1, algorithm="winograd").tolist()
+    fast.flat_pays = flat_pays
     small_dout = rng.standard_normal((6, 11, 15 - r, 15 - r)).astype(np.float32)
     outs[f"side by side gradient {r}"] = fast.weight_gradient(small, small_dout, r, (1, 1))[0].tolist()
     # the fused backward: tiles numbered across the batch, pieces of rows in masked vectors
-    outs[f"fused backward {r}"] = [a.tolist() for a in fast.fused_backward(small, small_dout, w, (1, 1))]
+    fused_dout = rng.standard_normal((6, 11, 16 - r, 16 - r)).astype(np.float32)
+    outs[f"fused backward {r}"] = [a.tolist() for a in fast.fused_backward(small, fused_dout, w, (1, 1))]
 print(json.dumps({"isa": [direct.instruction_set(), winograd.instruction_set()], "outs": outs}))
 """
 
@@ -141,13 +146,17 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
         np.testing.assert_allclose(result["outs"][f"weight gradient {r}"], dw, rtol=1e-4, atol=1e-3)
         small = x[:, :, :13, :13].repeat(3, axis=0)
         assert winograd.layout(6, 13, 1, r, 13, 13)[1] is not None, "the narrow images run side by side"
+        assert winograd.flat_pays(6, 13, 1, r, 16 - r, 16 - r, 2), "or in chunks across the batch"
+        np.testing.assert_allclose(result["outs"][f"flat {r}"], naive(small, w, b, (1, 1), False, 2),
+                                   rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(result["outs"][f"side by side {r}"], naive(small, w, b, (1, 1), False, None),
                                    rtol=1e-4, atol=1e-4)
         small_dout = rng.standard_normal((6, 11, 15 - r, 15 - r)).astype(np.float32)
         _, dw, _ = ref.conv2d_backward(small.astype(np.float64), w.astype(np.float64),
                                        small_dout.astype(np.float64), (1, 1), (1, 1))
         np.testing.assert_allclose(result["outs"][f"side by side gradient {r}"], dw, rtol=1e-4, atol=1e-3)
+        fused_dout = rng.standard_normal((6, 11, 16 - r, 16 - r)).astype(np.float32)
         dx, dw, db = ref.conv2d_backward(small.astype(np.float64), w.astype(np.float64),
-                                         small_dout.astype(np.float64), (1, 1), (1, 1))
+                                         fused_dout.astype(np.float64), (1, 1), (1, 1))
         for got, want in zip(result["outs"][f"fused backward {r}"], (dx, dw, db)):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
