@@ -292,9 +292,11 @@ static inline __attribute__((always_inline)) void V(flat_scatter_m)(
             for (int r = 0; r < WG_N; r++)
                 *(V(vf) *)(pbuf + (r * WG_N + nu) * WG_TILES + t) = o[r];
         }
-    for (int p = 0; p < np; p++) {
-        const wg_piece pc = pieces[p];
-        for (int r = 0; r < WG_N; r++) {
+    /* row by row over the pieces: the next tile row's patch rows are this one's last four,
+     * and a masked load of a row a masked store has just written waits for it to retire */
+    for (int r = 0; r < WG_N; r++)
+        for (int p = 0; p < np; p++) {
+            const wg_piece pc = pieces[p];
             if (!((pc.rows >> r) & 1))
                 continue;
             float *row = dx + pc.x_at + (c * g->H + r) * g->W;
@@ -319,7 +321,6 @@ static inline __attribute__((always_inline)) void V(flat_scatter_m)(
             for (int h = 0; h < 2; h++)
                 V(store_lanes)(row + h * V_VW, V(load_lanes)(row + h * V_VW, pc.x_lanes[h]) + out[h], pc.x_lanes[h]);
         }
-    }
 }
 
 /* One chunk of the fused backward: the count tiles from flat tile f0. x (N, C, H, W), dout
