@@ -174,6 +174,16 @@ def weight_gradient(x, dout, r, padding):
     return dw, db
 
 
+def backward_groups(k, c):
+    """Groups of images :func:`fused_backward` sums dU and db in, for K filters of C
+    channels: each holds a slot of n*n x K x C floats (padded), so that a layer of 512 by 512
+    filters would hold 300 MB in 8; fewer groups keep them near 64 MB, 2 at least, to share
+    among threads. Fixed by the shapes alone, as the bits depend on the groups."""
+    kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
+    cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
+    return max(2, min(_kernel.BACKWARD_GROUPS, _kernel.BACKWARD_SLOT_FLOATS // (36 * kp * cp)))
+
+
 def fused_backward(x, dout, w, padding, input_grad=True):
     """dx (N, C, H, W) or None, dw (K, C, r, r) and db (K,) of a stride-1 convolution of
     float32 x (N, C, H, W) by filters w (K, C, r, r) with padding (PH, PW), whose outputs'
@@ -193,7 +203,8 @@ def fused_backward(x, dout, w, padding, input_grad=True):
     ut[:, :c, :] = u[:, :k, :].transpose(0, 2, 1)
     kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
     cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
-    slots = np.empty((_kernel.BACKWARD_GROUPS, nn, kp, cp), np.float32)
+    groups = backward_groups(k, c)
+    slots = np.empty((groups, nn, kp, cp), np.float32)
     dx = np.zeros_like(x) if input_grad else None
     dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
     _kernel.fused_backward(x, np.ascontiguousarray(dout), ut,

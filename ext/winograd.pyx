@@ -65,8 +65,10 @@ cdef Py_ssize_t TILES = WG_TILES
 # The weight gradient's sums: one slot per group of chunks, a constant so that the order of
 # the sums is fixed by the shapes alone, and enough groups to share out among threads.
 GRADIENT_GROUPS = 16
-# The fused backward's groups of images: fewer, as each of its slots sums a whole group.
+# The fused backward's groups of images: fewer, as each of its slots sums a whole group;
+# fewer still (down to 2, to share among threads) where the slots would pass this many floats.
 BACKWARD_GROUPS = 8
+BACKWARD_SLOT_FLOATS = 1 << 24
 # Filters and channels of its slots are padded to multiples of these (its register block,
 # and the widest vector).
 GRADIENT_FILTER_BLOCK = 2 * WG_KB_MAX

@@ -383,6 +383,25 @@ def test_training_backward_takes_winograd_where_it_pays_and_matches_the_referenc
     np.testing.assert_array_equal(db_only, db)
 
 
+def test_fused_backward_holds_its_sums_in_fewer_groups_for_large_layers():
+    assert winograd.backward_groups(32, 16) == kernel.BACKWARD_GROUPS
+    slot_bytes = lambda k, c: 36 * k * c * 4  # noqa: E731
+    assert winograd.backward_groups(512, 512) * slot_bytes(512, 512) <= 80 * 2 ** 20
+    assert winograd.backward_groups(4096, 4096) == 2  # at least two, to share among threads
+    # and the gradients do not change but by the order of the sums
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((9, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    dout = rng.standard_normal((9, 4, 6, 6)).astype(np.float32)
+    many = winograd.fused_backward(x, dout, w, (0, 0))
+    import unittest.mock
+    with unittest.mock.patch.object(winograd, "backward_groups", lambda k, c: 2):
+        two = winograd.fused_backward(x, dout, w, (0, 0))
+    np.testing.assert_array_equal(two[0], many[0])  # dx: added in the same order
+    (_, rdw, _), (_, sdw) = reference_gradients(x, w, dout, (0, 0))
+    assert np.all(np.abs(two[1] - rdw) <= ERROR * sdw)
+
+
 def test_backward_gives_identical_bits_for_any_thread_count(same_bits_for_any_thread_count):
     rng = np.random.default_rng(6)
     x = rng.standard_normal((9, 8, 14, 14)).astype(np.float32)
