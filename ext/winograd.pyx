@@ -84,6 +84,11 @@ N = WG_N
 M_MAX = WG_MMAX
 
 
+cdef inline float *line_start(float *s) noexcept nogil:
+    """The first float of s (a thread's scratch, with 16 floats of slack) on a 64-byte line."""
+    return s + (16 - (<size_t>s // 4) % 16) % 16
+
+
 def input_matrix():
     """B^T (N, N) as the kernel applies it, read back from its transform of unit vectors."""
     bt = np.empty((WG_N, WG_N), np.float32)
@@ -156,16 +161,14 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t floats = wg_scratch_floats(C, Kp, projects, m, tb)
     # 16 floats of slack per thread to start each thread's scratch on a 64-byte line
     cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
-    cdef Py_ssize_t chunk, img, ti, t0, count, offset
+    cdef Py_ssize_t chunk, img, ti, t0, count
     cdef float *s
     cdef const float *pp = &p[0, 0] if projects else NULL
     cdef const float *pb = &p_bias[0] if projects else NULL
     if N == 0 or K == 0 or rows == 0 or cols == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        s = &scratch[threadid(), 0]
-        offset = (<size_t>s // 4) % 16
-        s = s + (16 - offset) % 16
+        s = line_start(&scratch[threadid(), 0])
         for chunk in prange(N * rows * per_row, schedule='static'):
             img = chunk // (rows * per_row)
             ti = chunk // per_row % rows
@@ -193,14 +196,12 @@ def flat_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     geo.rows, geo.cols = (OHo * q + m - 1) // m, (OWo * q + m - 1) // m
     cdef Py_ssize_t tiles = N * geo.rows * geo.cols, chunks = (tiles + TILES - 1) // TILES
     cdef float[:, ::1] scratch = np.empty((num_threads, wg_flat_scratch_floats(geo.C) + 16), dtype=np.float32)
-    cdef Py_ssize_t chunk, offset
+    cdef Py_ssize_t chunk
     cdef float *s
     if tiles == 0 or geo.K == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        s = &scratch[threadid(), 0]
-        offset = (<size_t>s // 4) % 16
-        s = s + (16 - offset) % 16
+        s = line_start(&scratch[threadid(), 0])
         for chunk in prange(chunks, schedule='static'):
             wg_flat_chunk(&x[0, 0, 0, 0], &geo, chunk * TILES, min(TILES, tiles - chunk * TILES),
                           &u[0, 0, 0], u.shape[1], &b[0], apply_relu, q, &at[0, 0],
@@ -235,7 +236,7 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t tb = TILES, per_row = (cols + tb - 1) // tb, chunks = N * rows * per_row
     cdef Py_ssize_t floats = wg_gradient_scratch_floats(C, Kp, Cp, m, tb)
     cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
-    cdef Py_ssize_t group, chunk, img, ti, t0, offset, b
+    cdef Py_ssize_t group, chunk, img, ti, t0
     cdef float *s
     cdef double[:, ::1] db_slots = np.zeros((groups, K))
     slots[:] = 0
@@ -244,9 +245,7 @@ def weight_gradient(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
         return
     groups = min(groups, chunks)
     with nogil, parallel(num_threads=num_threads):
-        s = &scratch[threadid(), 0]
-        offset = (<size_t>s // 4) % 16
-        s = s + (16 - offset) % 16
+        s = line_start(&scratch[threadid(), 0])
         for group in prange(groups, schedule='static'):
             for chunk in range(group * chunks // groups, (group + 1) * chunks // groups):
                 img = chunk // (rows * per_row)
@@ -323,7 +322,7 @@ def fused_backward(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef Py_ssize_t floats = wg_backward_scratch_floats(geo.C, Kp, Cp)
     cdef float[:, ::1] scratch = np.empty((num_threads, floats + 16), dtype=np.float32)
     cdef double[:, ::1] db_slots = np.zeros((slots.shape[0], geo.K))
-    cdef Py_ssize_t group, f, f1, offset
+    cdef Py_ssize_t group, f, f1
     cdef float *s
     cdef float *dxp = &dx[0, 0, 0, 0] if dx is not None and dx.shape[0] else NULL
     slots[:] = 0
@@ -332,9 +331,7 @@ def fused_backward(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
         dw[:] = 0
         return
     with nogil, parallel(num_threads=num_threads):
-        s = &scratch[threadid(), 0]
-        offset = (<size_t>s // 4) % 16
-        s = s + (16 - offset) % 16
+        s = line_start(&scratch[threadid(), 0])
         for group in prange(groups, schedule='static'):
             f = group * N // groups * per
             f1 = (group + 1) * N // groups * per

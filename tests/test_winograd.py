@@ -300,14 +300,20 @@ GRADIENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", GRADIENT_CASES)
-def test_weight_gradient_matches_the_reference_within_its_error(case):
+def gradient_case(case, seed):
+    """x, w, dout of a case (N, C, H, W, K, r, padding), drawn from its own seed."""
     n, c, h, width, k, r, padding = case
-    rng = np.random.default_rng(sum(case[:6]))
+    rng = np.random.default_rng(sum(case[:6]) + seed)
     x = rng.standard_normal((n, c, h, width)).astype(np.float32)
     w = rng.standard_normal((k, c, r, r)).astype(np.float32)
     oh, ow = h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1
-    dout = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+    return x, w, rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_weight_gradient_matches_the_reference_within_its_error(case):
+    x, w, dout = gradient_case(case, 0)
+    r, padding = case[5:]
     (_, dw, db), (_, scale) = reference_gradients(x, w, dout, padding)
     got, got_db = winograd.weight_gradient(x, dout, r, padding)
     assert got.dtype == np.float32 and got.shape == w.shape
@@ -318,12 +324,8 @@ def test_weight_gradient_matches_the_reference_within_its_error(case):
 
 @pytest.mark.parametrize("case", GRADIENT_CASES)
 def test_input_gradient_by_winograd_matches_the_reference_within_its_error(case):
-    n, c, h, width, k, r, padding = case
-    rng = np.random.default_rng(sum(case[:6]) + 1)
-    x = rng.standard_normal((n, c, h, width)).astype(np.float32)
-    w = rng.standard_normal((k, c, r, r)).astype(np.float32)
-    oh, ow = h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1
-    dout = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+    x, w, dout = gradient_case(case, 1)
+    (h, width), padding = x.shape[2:], case[6]
     (dx, _, _), (scale, _) = reference_gradients(x, w, dout, padding)
     got = L._winograd_input_gradient(dout, w, padding, (h, width))
     assert got.dtype == np.float32 and got.shape == x.shape
@@ -337,12 +339,8 @@ FUSED_CASES = GRADIENT_CASES + [(3, 4, 6, 6, 3, 5, (4, 4)), (2, 3, 7, 61, 5, 3, 
 
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_backward_matches_the_reference_within_its_error(case):
-    n, c, h, width, k, r, padding = case
-    rng = np.random.default_rng(sum(case[:6]) + 2)
-    x = rng.standard_normal((n, c, h, width)).astype(np.float32)
-    w = rng.standard_normal((k, c, r, r)).astype(np.float32)
-    oh, ow = h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1
-    dout = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+    x, w, dout = gradient_case(case, 2)
+    k, padding = w.shape[0], case[6]
     (rdx, rdw, rdb), (sdx, sdw) = reference_gradients(x, w, dout, padding)
     dx, dw, db = winograd.fused_backward(x, dout, w, padding)
     assert dx.dtype == dw.dtype == db.dtype == np.float32
