@@ -181,7 +181,28 @@ def backward_groups(k, c):
     among threads. Fixed by the shapes alone, as the bits depend on the groups."""
     kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
     cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
-    return max(2, min(_kernel.BACKWARD_GROUPS, _kernel.BACKWARD_SLOT_FLOATS // (36 * kp * cp)))
+    return max(2, min(_kernel.BACKWARD_GROUPS, _kernel.BACKWARD_SLOT_FLOATS // max(1, 36 * kp * cp)))
+
+
+def _check_backward(x, dout, w, padding):
+    """ValueError or TypeError naming what :func:`fused_backward` cannot take."""
+    for name, a in (("x", x), ("dout", dout), ("w", w)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4:
+            raise TypeError(f"{name} must be a 4-d float32 array, not {getattr(a, 'dtype', type(a).__name__)} "
+                            f"of shape {getattr(a, 'shape', None)}")
+    if not accepts(w):
+        sizes = " or ".join(f"{r}x{r}" for r in sorted(TILES))
+        raise ValueError(f"w must hold square filters of {sizes}, not {w.shape[2]}x{w.shape[3]}")
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w has {w.shape[1]} input channels and x has {x.shape[1]}")
+    if len(padding) != 2 or min(padding) < 0:
+        raise ValueError(f"padding must be two numbers of at least 0, not {padding}")
+    (n, _, h, width), (k, _, r, _) = x.shape, w.shape
+    out = (n, k, h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1)
+    if min(out[2:]) < 1:
+        raise ValueError(f"{r}x{r} filters do not fit the {h}x{width} images padded by {tuple(padding)}")
+    if tuple(dout.shape) != out:
+        raise ValueError(f"dout must have the outputs' shape {out}, not {tuple(dout.shape)}")
 
 
 def fused_backward(x, dout, w, padding, input_grad=True):
@@ -190,10 +211,9 @@ def fused_backward(x, dout, w, padding, input_grad=True):
     gradient is dout (N, K, OH, OW): the forward's Winograd tiles transposed, from one pass
     over the tiles numbered across the batch (ext/winograd_flat_body.h). dw = G^T dU G, dU
     summed in float32 per group of images and over the groups in float64."""
+    _check_backward(x, dout, w, padding)
+    x = np.ascontiguousarray(x)
     (n, c, h, width), (k, _, r, _) = x.shape, w.shape
-    out = (n, k, h + 2 * padding[0] - r + 1, width + 2 * padding[1] - r + 1)
-    if tuple(dout.shape) != out:
-        raise ValueError(f"dout must have the outputs' shape {out}, not {tuple(dout.shape)}")
     m = TILES[r]
     _, g, _ = transforms(m, r)
     nn = g.shape[0] ** 2

@@ -179,6 +179,25 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                      &out[img, 0, 0, 0], OHo, OWo, &wide, &side, s)
 
 
+def _check_flat(x, u, b, at, out, Py_ssize_t PH, Py_ssize_t PW, int q):
+    """ValueError naming what flat_infer cannot take: the shapes its chunks would read and
+    write past, or a pool that does not tile the output tiles."""
+    cdef Py_ssize_t m = at.shape[0], r = WG_N - m + 1
+    if at.shape[1] != WG_N or not 1 <= m <= WG_MMAX:
+        raise ValueError(f"at must be A^T (m, {WG_N}) with m at most {WG_MMAX}, not {tuple(at.shape)[:2]}")
+    if q < 1 or m % q:
+        raise ValueError(f"a {q}x{q} pool does not tile the {m}x{m} output tiles")
+    if PH < 0 or PW < 0:
+        raise ValueError(f"padding must be at least 0, not {(PH, PW)}")
+    k, oh, ow = b.shape[0], x.shape[2] + 2 * PH - r + 1, x.shape[3] + 2 * PW - r + 1
+    expected = (x.shape[0], k, max(oh, 0) // q, max(ow, 0) // q)
+    if tuple(out.shape)[:4] != expected:
+        raise ValueError(f"out must have shape {expected}, not {tuple(out.shape)[:4]}")
+    if tuple(u.shape)[:3] != (WG_N * WG_N, u.shape[1], x.shape[1]) or u.shape[1] < k or u.shape[1] % FILTER_BLOCK:
+        raise ValueError(f"u must be ({WG_N * WG_N}, K padded to {FILTER_BLOCK}, {x.shape[1]}) for {k} filters, "
+                         f"not {tuple(u.shape)[:3]}")
+
+
 def flat_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                const float[:, :, ::1] u,  # IN (n*n, Kp, C), Kp a multiple of FILTER_BLOCK
                const float[::1] b,  # IN (K,)
@@ -191,6 +210,7 @@ def flat_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef wg_flat geo
     cdef int m = at.shape[0]
     cdef Py_ssize_t N = x.shape[0], OHo = out.shape[2], OWo = out.shape[3]
+    _check_flat(x, u, b, at, out, PH, PW, q)
     geo.C, geo.H, geo.W, geo.PH, geo.PW, geo.m = x.shape[1], x.shape[2], x.shape[3], PH, PW, m
     geo.K, geo.OH, geo.OW = b.shape[0], OHo * q, OWo * q
     geo.rows, geo.cols = (OHo * q + m - 1) // m, (OWo * q + m - 1) // m
@@ -298,6 +318,31 @@ cdef _finish_weight_gradient(float[:, :, :, ::1] slots, double[:, ::1] db_slots,
                     dw[k, c, i, j] = <float>acc
 
 
+def _check_fused(x, dout, ut, gt, slots, dx, dw, db, Py_ssize_t PH, Py_ssize_t PW):
+    """ValueError naming what fused_backward cannot take: shapes its chunks would read or
+    write past."""
+    cdef Py_ssize_t r = gt.shape[0], m = WG_N - r + 1
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], K = dout.shape[1]
+    if gt.shape[1] != WG_N or not 1 <= m <= WG_MMAX:
+        raise ValueError(f"gt must be G^T (r, {WG_N}) of a tile of at most {WG_MMAX}, not {tuple(gt.shape)[:2]}")
+    if PH < 0 or PW < 0:
+        raise ValueError(f"padding must be at least 0, not {(PH, PW)}")
+    outs = (N, K, x.shape[2] + 2 * PH - r + 1, x.shape[3] + 2 * PW - r + 1)
+    if tuple(dout.shape)[:4] != outs:
+        raise ValueError(f"dout must have shape {outs}, not {tuple(dout.shape)[:4]}")
+    cu = (C + FILTER_BLOCK - 1) // FILTER_BLOCK * FILTER_BLOCK
+    if tuple(ut.shape)[:3] != (WG_N * WG_N, cu, K):
+        raise ValueError(f"ut must have shape {(WG_N * WG_N, cu, K)}, not {tuple(ut.shape)[:3]}")
+    kp, cp = slots.shape[2], slots.shape[3]
+    if (slots.shape[0] < 1 or slots.shape[1] != WG_N * WG_N or kp < K or kp % GRADIENT_FILTER_BLOCK
+            or cp < C or cp % GRADIENT_CHANNEL_BLOCK):
+        raise ValueError(f"slots of shape {tuple(slots.shape)[:4]} do not hold {K} filters of {C} channels")
+    if dx is not None and tuple(dx.shape)[:4] != tuple(x.shape)[:4]:
+        raise ValueError(f"dx must have x's shape {tuple(x.shape)[:4]}, not {tuple(dx.shape)[:4]}")
+    if tuple(dw.shape)[:4] != (K, C, r, r) or db.shape[0] != K:
+        raise ValueError(f"dw and db must have shapes {(K, C, r, r)} and {(K,)}")
+
+
 def fused_backward(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    const float[:, :, :, ::1] dout,  # IN (N, K, OH, OW)
                    const float[:, :, ::1] ut,  # IN (N6*N6, Cu, K): U transposed, Cu = C padded to FILTER_BLOCK
@@ -314,6 +359,7 @@ def fused_backward(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     shapes alone: the bits do not depend on the thread count."""
     cdef wg_flat geo
     cdef int m = WG_N - gt.shape[0] + 1  # n = m + r - 1
+    _check_fused(x, dout, ut, gt, slots, dx, dw, db, PH, PW)
     geo.C, geo.H, geo.W, geo.PH, geo.PW = x.shape[1], x.shape[2], x.shape[3], PH, PW
     geo.K, geo.OH, geo.OW, geo.m = dout.shape[1], dout.shape[2], dout.shape[3], m
     geo.rows, geo.cols = (geo.OH + m - 1) // m, (geo.OW + m - 1) // m

@@ -381,6 +381,45 @@ def test_training_backward_takes_winograd_where_it_pays_and_matches_the_referenc
     np.testing.assert_array_equal(db_only, db)
 
 
+@pytest.mark.parametrize("change, error, message", [
+    (dict(w=np.zeros((4, 3, 5, 3), np.float32)), ValueError, "square filters of 3x3 or 5x5, not 5x3"),
+    (dict(w=np.zeros((4, 3, 7, 7), np.float32)), ValueError, "not 7x7"),
+    (dict(w=np.zeros((4, 1, 3, 3), np.float32)), ValueError, "w has 1 input channels and x has 3"),
+    (dict(padding=(-1, -1)), ValueError, "padding must be two numbers of at least 0"),
+    (dict(dout=np.zeros((8, 4, 7, 6), np.float32)), ValueError, r"dout must have the outputs' shape \(8, 4, 7, 7\)"),
+    (dict(x=np.zeros((8, 3, 9, 9))), TypeError, "x must be a 4-d float32 array, not float64"),
+    (dict(dout=[0.0]), TypeError, "dout must be a 4-d float32 array, not list"),
+    (dict(x=np.zeros((8, 3, 1, 9), np.float32), padding=(0, 0)), ValueError, "3x3 filters do not fit the 1x9 images"),
+])
+def test_fused_backward_refuses_what_it_cannot_take_by_name(change, error, message):
+    args = dict(x=np.zeros((8, 3, 9, 9), np.float32), dout=np.zeros((8, 4, 7, 7), np.float32),
+                w=np.zeros((4, 3, 3, 3), np.float32), padding=(0, 0))
+    with pytest.raises(error, match=message):
+        winograd.fused_backward(**{**args, **change})
+
+
+def test_the_flat_kernels_refuse_shapes_they_would_read_or_write_past():
+    x, w = np.zeros((4, 3, 8, 8), np.float32), np.zeros((5, 3, 5, 5), np.float32)
+    f, b = winograd.prepare(w), np.zeros(5, np.float32)
+    at = winograd.output_matrix(f.m, 5)
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 5, 4, 4\)"):
+        kernel.flat_infer(x, f.u, b, at, np.zeros((4, 4, 4, 4), np.float32), 0, 0, False, 1, 1)
+    with pytest.raises(ValueError, match="a 4x4 pool does not tile the 2x2 output tiles"):
+        kernel.flat_infer(x, f.u, b, at, np.zeros((4, 5, 1, 1), np.float32), 0, 0, False, 4, 1)
+    with pytest.raises(ValueError, match="u must be"):
+        kernel.flat_infer(x, f.u[:, :, :2].copy(), b, at, np.zeros((4, 5, 4, 4), np.float32), 0, 0, False, 1, 1)
+    dout, gt = np.zeros((4, 5, 4, 4), np.float32), np.ascontiguousarray(winograd.transforms(2, 5)[1].T)
+    slots = np.zeros((2, 36, 16, 16), np.float32)
+    dw, db = np.zeros((5, 3, 5, 5), np.float32), np.zeros(5, np.float32)
+    ut = np.zeros((36, 8, 5), np.float32)
+    with pytest.raises(ValueError, match="dx must have x's shape"):
+        kernel.fused_backward(x, dout, ut, gt, slots, np.zeros((4, 3, 8, 7), np.float32), dw, db, 0, 0, 1)
+    with pytest.raises(ValueError, match="do not hold 5 filters of 3 channels"):
+        kernel.fused_backward(x, dout, ut, gt, np.zeros((2, 36, 8, 16), np.float32), None, dw, db, 0, 0, 1)
+    with pytest.raises(ValueError, match=r"ut must have shape \(36, 8, 5\)"):
+        kernel.fused_backward(x, dout, ut[:, :4], gt, slots, None, dw, db, 0, 0, 1)
+
+
 def test_fused_backward_holds_its_sums_in_fewer_groups_for_large_layers():
     assert winograd.backward_groups(32, 16) == kernel.BACKWARD_GROUPS
     slot_bytes = lambda k, c: 36 * k * c * 4  # noqa: E731
