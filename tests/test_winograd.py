@@ -417,7 +417,7 @@ def test_the_flat_kernels_refuse_shapes_they_would_read_or_write_past():
     with pytest.raises(ValueError, match="do not hold 5 filters of 3 channels"):
         kernel.fused_backward(x, dout, ut, gt, np.zeros((2, 36, 8, 16), np.float32), None, dw, db, 0, 0, 1)
     with pytest.raises(ValueError, match=r"ut must have shape \(36, 8, 5\)"):
-        kernel.fused_backward(x, dout, ut[:, :4], gt, slots, None, dw, db, 0, 0, 1)
+        kernel.fused_backward(x, dout, np.zeros((36, 4, 5), np.float32), gt, slots, None, dw, db, 0, 0, 1)
 
 
 def test_fused_backward_holds_its_sums_in_fewer_groups_for_large_layers():
