@@ -281,41 +281,54 @@ cdef _finish_weight_gradient(float[:, :, :, ::1] slots, double[:, ::1] db_slots,
                              const double[:, ::1] at, float[:, :, :, ::1] dw, float[::1] db,
                              int num_threads):
     """db: the sum of the first groups slots of db_slots; dw[k, c] = A'^T M A', M the sum of
-    the first groups slots, in order, in float64 (at: A'^T (r, N))."""
+    the first groups slots, in order, in float64 (at: A'^T (r, N)). Both loops run over
+    channels innermost, in a row of each array."""
     cdef Py_ssize_t K = dw.shape[0], C = dw.shape[1]
-    cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, kc, k, c, xi, i, j, a, b, group
+    cdef Py_ssize_t r = at.shape[0], nn = WG_N * WG_N, k, c, xi, i, j, a, b, group
     cdef double[:, :, ::1] total = np.empty((nn, K, C))
-    cdef double[:, ::1] halves = np.empty((num_threads, WG_N))
+    cdef double[:, ::1] halves = np.empty((num_threads, WG_N * max(C, 1)))
+    cdef double am[36]  # WG_N * WG_N
     cdef double *half
-    cdef double acc
+    cdef double *row
+    cdef const float *slot
+    cdef double acc, coef
+    for i in range(r):
+        for a in range(WG_N):
+            am[i * WG_N + a] = at[i, a]
     for k in range(K):
         acc = 0
         for group in range(groups):
             acc = acc + db_slots[group, k]
         db[k] = <float>acc
+    if K == 0 or C == 0:
+        return
     with nogil, parallel(num_threads=num_threads):
         for xi in prange(nn, schedule='static'):
             for k in range(K):
+                row, slot = &total[xi, k, 0], &slots[0, xi, k, 0]
                 for c in range(C):
-                    total[xi, k, c] = slots[0, xi, k, c]
+                    row[c] = slot[c]
                 for group in range(1, groups):
+                    slot = &slots[group, xi, k, 0]
                     for c in range(C):
-                        total[xi, k, c] += slots[group, xi, k, c]
+                        row[c] = row[c] + slot[c]
     with nogil, parallel(num_threads=num_threads):
         half = &halves[threadid(), 0]
-        for kc in prange(K * C, schedule='static'):
-            k, c = kc // C, kc % C
+        for k in prange(K, schedule='static'):
             for i in range(r):
-                for b in range(WG_N):  # row i of A'^T M
-                    acc = 0
+                for b in range(WG_N):  # row i of A'^T M, a channel at a time
+                    for c in range(C):
+                        half[b * C + c] = 0
                     for a in range(WG_N):
-                        acc = acc + at[i, a] * total[a * WG_N + b, k, c]
-                    half[b] = acc
+                        coef, row = am[i * WG_N + a], &total[a * WG_N + b, k, 0]
+                        for c in range(C):
+                            half[b * C + c] = half[b * C + c] + coef * row[c]
                 for j in range(r):
-                    acc = 0
-                    for b in range(WG_N):
-                        acc = acc + half[b] * at[j, b]
-                    dw[k, c, i, j] = <float>acc
+                    for c in range(C):
+                        acc = 0
+                        for b in range(WG_N):
+                            acc = acc + half[b * C + c] * am[j * WG_N + b]
+                        dw[k, c, i, j] = <float>acc
 
 
 def _check_fused(x, dout, ut, gt, slots, dx, dw, db, Py_ssize_t PH, Py_ssize_t PW):
