@@ -225,7 +225,7 @@ def fused_backward(x, dout, w, padding, input_grad=True):
     cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
     groups = backward_groups(k, c)
     slots = np.empty((groups, nn, kp, cp), np.float32)
-    dx = np.zeros_like(x) if input_grad else None
+    dx = np.empty_like(x) if input_grad else None
     dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
     _kernel.fused_backward(x, np.ascontiguousarray(dout), ut,
                            np.ascontiguousarray(g.T), slots, dx, dw, db, padding[0], padding[1],

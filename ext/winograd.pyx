@@ -361,7 +361,7 @@ def fused_backward(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                    const float[:, :, ::1] ut,  # IN (N6*N6, Cu, K): U transposed, Cu = C padded to FILTER_BLOCK
                    const double[:, ::1] gt,  # IN (r, N6): G^T of F(m, r)
                    float[:, :, :, ::1] slots,  # SCRATCH (groups, N6*N6, Kp, Cp)
-                   float[:, :, :, ::1] dx,  # OUT (N, C, H, W), zeros on entry; or None
+                   float[:, :, :, ::1] dx,  # OUT (N, C, H, W); or None
                    float[:, :, :, ::1] dw,  # OUT (K, C, r, r)
                    float[::1] db,  # OUT (K,)
                    Py_ssize_t PH, Py_ssize_t PW, int num_threads):
@@ -383,15 +383,21 @@ def fused_backward(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
     cdef double[:, ::1] db_slots = np.zeros((slots.shape[0], geo.K))
     cdef Py_ssize_t group, f, f1
     cdef float *s
-    cdef float *dxp = &dx[0, 0, 0, 0] if dx is not None and dx.shape[0] else NULL
-    slots[:] = 0
+    cdef float *dxp = &dx[0, 0, 0, 0] if dx is not None and dx.size else NULL
+    cdef Py_ssize_t image = geo.C * geo.H * geo.W, slot = WG_N * WG_N * Kp * Cp
     db[:] = 0
     if N == 0 or per == 0 or geo.K == 0 or geo.C == 0:
         dw[:] = 0
+        if dx is not None:
+            dx[:] = 0
         return
     with nogil, parallel(num_threads=num_threads):
         s = line_start(&scratch[threadid(), 0])
         for group in prange(groups, schedule='static'):
+            # each group zeroes its slot and its images' dx, in its own thread
+            memset(&slots[group, 0, 0, 0], 0, slot * sizeof(float))
+            if dxp != NULL:
+                memset(dxp + group * N // groups * image, 0, ((group + 1) * N // groups - group * N // groups) * image * sizeof(float))
             f = group * N // groups * per
             f1 = (group + 1) * N // groups * per
             while f < f1:
