@@ -21,7 +21,7 @@ DISCS = ("teal disc", "orange disc")
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shapes")
-    return write_shapes(str(folder / "train"), 80, seed=1), write_shapes(str(folder / "test"), 12, seed=2)
+    return write_shapes(str(folder / "train"), 80, seed=1), write_shapes(str(folder / "test"), 40, seed=2)
 
 
 def fit(json_path, channels, out):
