@@ -22,51 +22,20 @@
 /* the widest piece whose n-column patch row fits two vectors */
 #define WG_PIECE(m) ((2 * V_VW - WG_N) / (m) + 1)
 
-/* p[lane] for lanes in [lo, hi), zeros elsewhere, reading only those lanes */
-static inline V(vf) V(load_range)(const float *p, int lo, int hi)
-{
-    if (lo < 0) lo = 0;
-    if (hi > V_VW) hi = V_VW;
-    if (hi <= lo)
-        return (V(vf)){0};
-#if V_VW == 16
-    return (V(vf))_mm512_maskz_loadu_ps((__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)), p);
-#elif V_VW == 8
-    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
-    return (V(vf))_mm256_maskload_ps(p, (__m256i)((lanes >= lo) & (lanes < hi)));
-#else
-    V(vf) v = {0};
-    for (int i = lo; i < hi; i++)
-        v[i] = p[i];
-    return v;
-#endif
-}
-
-/* p[lane] = v[lane] for lanes in [lo, hi) */
-static inline void V(store_range)(float *p, V(vf) v, int lo, int hi)
-{
-    if (lo < 0) lo = 0;
-    if (hi > V_VW) hi = V_VW;
-    if (hi <= lo)
-        return;
-#if V_VW == 16
-    _mm512_mask_storeu_ps(p, (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)), (__m512)v);
-#elif V_VW == 8
-    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
-    _mm256_maskstore_ps(p, (__m256i)((lanes >= lo) & (lanes < hi)), (__m256)v);
-#else
-    for (int i = lo; i < hi; i++)
-        p[i] = v[i];
-#endif
-}
-
-/* p[lane] for the lanes l, zeros elsewhere; and p[lane] = v[lane] there */
+/* p[lane] for the lanes l, zeros elsewhere, reading only those lanes; and p[lane] = v[lane]
+ * there, writing only those */
 static inline V(vf) V(load_lanes)(const float *p, wg_lanes l)
 {
 #if V_VW == 16
     return (V(vf))_mm512_maskz_loadu_ps((__mmask16)l.bits, p);
+#elif V_VW == 8
+    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    return (V(vf))_mm256_maskload_ps(p, (__m256i)((lanes >= l.lo) & (lanes < l.hi)));
 #else
-    return V(load_range)(p, l.lo, l.hi);
+    V(vf) v = {0};
+    for (int i = l.lo; i < l.hi; i++)
+        v[i] = p[i];
+    return v;
 #endif
 }
 
@@ -74,8 +43,12 @@ static inline void V(store_lanes)(float *p, V(vf) v, wg_lanes l)
 {
 #if V_VW == 16
     _mm512_mask_storeu_ps(p, (__mmask16)l.bits, (__m512)v);
+#elif V_VW == 8
+    const V(vi) lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    _mm256_maskstore_ps(p, (__m256i)((lanes >= l.lo) & (lanes < l.hi)), (__m256)v);
 #else
-    V(store_range)(p, v, l.lo, l.hi);
+    for (int i = l.lo; i < l.hi; i++)
+        p[i] = v[i];
 #endif
 }
 
@@ -301,8 +274,9 @@ static inline __attribute__((always_inline)) void V(flat_scatter_m)(
                 continue;
             float *row = dx + pc.x_at + (c * g->H + r) * g->W;
             V(vf) q[WG_N], s[WG_N], ph[WG_MMAX], out[2];
+            const wg_lanes tiles = wg_row_lanes(0, pc.len, V_VW);
             for (int nu = 0; nu < WG_N; nu++)
-                q[nu] = V(load_range)(pbuf + (r * WG_N + nu) * WG_TILES + pc.pos, 0, (int)pc.len);
+                q[nu] = V(load_lanes)(pbuf + (r * WG_N + nu) * WG_TILES + pc.pos, tiles);
             V(bt6t)(q, s);
             for (int ph_i = 0; ph_i < m; ph_i++) {  /* column j * m + ph_i: s[ph_i + m d] of tile j - d */
                 ph[ph_i] = s[ph_i];
@@ -419,7 +393,7 @@ static inline __attribute__((always_inline)) void V(flat_emit_per)(
                     w[3] = __builtin_shuffle(a_hi, b_hi, V(interleave_hi));
                 }
                 for (int i = 0; i < per && i * V_VW < kept; i++)
-                    V(store_range)(o + i * V_VW, w[i], 0, (int)(kept - i * V_VW));
+                    V(store_lanes)(o + i * V_VW, w[i], wg_row_lanes(i * V_VW, kept, V_VW));
             }
         }
     }
