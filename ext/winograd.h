@@ -28,8 +28,9 @@ typedef struct {
     Py_ssize_t slot, n, w, pw, stride;
 } wg_inputs;
 
-/* Tiles numbered across a batch, for images too small to fill chunks alone: tile f is tile
- * (ti, tj) of image img, f = (img * rows + ti) * cols + tj; a chunk is any run of them. */
+/* Tiles numbered across a batch: tile f is tile (ti, tj) of image img, f = (img * rows + ti)
+ * * cols + tj; a chunk is any run of them, so that images narrower than a chunk, and rows
+ * that would leave a chunk mostly empty, waste no tiles. */
 typedef struct {
     Py_ssize_t C, H, W, PH, PW;  /* the input images (C, H, W) and their padding */
     Py_ssize_t K, OH, OW;        /* the output channels and size */
