@@ -224,19 +224,18 @@ def conv2d_infer(x, w, b, stride=1, padding=0, relu=False, pool=None, algorithm=
 
 def _winograd_conv(x, w, b, padding, out_size, relu, q, filters, w2, b2):
     """conv2d_infer's Winograd path: chunks of tiles numbered across the batch where that
-    computes fewer tiles (see detector.winograd.flat_pays; not with a projection), else image
-    by image, or the images side by side as one wide image when that leaves fewer tiles of
-    padding (see detector.winograd.layout), read and written where they lie."""
+    computes fewer tiles (see detector.winograd.flat_pays), else image by image, or the
+    images side by side as one wide image when that leaves fewer tiles of padding (see
+    detector.winograd.layout), read and written where they lie."""
     (n, c, h, width), r = x.shape, w.shape[2]
     (ph, pw), (oh, ow), threads = padding, out_size, get_num_threads()
     filters = filters or _winograd.prepare(w)
     at = _winograd.output_matrix(filters.m, r)
-    if w2 is None and _winograd.flat_pays(n, width, pw, r, oh, ow, q):
-        out = np.empty((n, w.shape[0], oh // q, ow // q), np.float32)
-        _wg.flat_infer(x, filters.u, b, at, out, ph, pw, bool(relu), q, threads)
-        return out
     extra = {} if w2 is None else dict(p=_winograd.pad_rows(w2.reshape(w2.shape[:2]), _wg.FILTER_BLOCK), p_bias=b2)
     out = np.empty((n, w.shape[0] if w2 is None else w2.shape[0], oh // q, ow // q), np.float32)
+    if _winograd.flat_pays(n, width, pw, r, oh, ow, q):
+        _wg.flat_infer(x, filters.u, b, at, out, ph, pw, bool(relu), q, threads, **extra)
+        return out
     _, slot = _winograd.layout(n, width, pw, r, oh, ow, q)
     _wg.winograd_infer(x, filters.u, b, at, out, ph, pw, oh, ow, bool(relu), q, threads, **extra,
                        slot=slot or 0)

@@ -131,8 +131,8 @@ typedef void (*wg_backward_fn)(const float *, const float *, const wg_flat *, Py
                                double *, float *, float *);
 
 typedef void (*wg_flat_fn)(const float *, const wg_flat *, Py_ssize_t, Py_ssize_t, const float *,
-                           Py_ssize_t, const float *, int, int, const float *, float *,
-                           Py_ssize_t, Py_ssize_t, float *);
+                           Py_ssize_t, const float *, int, int, const float *, const float *,
+                           const float *, Py_ssize_t, float *, Py_ssize_t, Py_ssize_t, float *);
 
 static wg_chunk_fn wg_chunk = chunk_base;
 static wg_flat_fn wg_flat_chunk = flat_chunk_base;
@@ -169,9 +169,10 @@ static Py_ssize_t wg_gradient_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssi
 
 /* floats of scratch one thread needs for the forward's chunks of tiles numbered across the
  * batch (flat_chunk) */
-static Py_ssize_t wg_flat_scratch_floats(Py_ssize_t C)
+static Py_ssize_t wg_flat_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects)
 {
-    return WG_N * WG_N * WG_TILES * (C + WG_KB_MAX + 1);
+    return WG_N * WG_N * WG_TILES * (C + WG_KB_MAX + 1)
+           + (projects ? Kp * WG_MMAX * WG_MMAX * WG_TILES : 0);
 }
 
 /* floats of scratch one thread needs for the fused backward's chunks (backward_chunk) */

@@ -41,10 +41,11 @@ cdef extern from "winograd.h" nogil:
                                     double *, float *, float *) noexcept
     wg_backward_fn wg_backward_chunk
     ctypedef void (*wg_flat_fn)(const float *, const wg_flat *, Py_ssize_t, Py_ssize_t, const float *,
-                                Py_ssize_t, const float *, int, int, const float *, float *,
-                                Py_ssize_t, Py_ssize_t, float *) noexcept
+                                Py_ssize_t, const float *, int, int, const float *, const float *,
+                                const float *, Py_ssize_t, float *, Py_ssize_t, Py_ssize_t,
+                                float *) noexcept
     wg_flat_fn wg_flat_chunk
-    Py_ssize_t wg_flat_scratch_floats(Py_ssize_t C)
+    Py_ssize_t wg_flat_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, int projects)
     Py_ssize_t wg_backward_scratch_floats(Py_ssize_t C, Py_ssize_t Kp, Py_ssize_t Cp)
     ctypedef void (*wg_filter_fn)(const float *, Py_ssize_t, int, const double *, int, Py_ssize_t,
                                   Py_ssize_t, float *) noexcept
@@ -179,7 +180,7 @@ def winograd_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                      &out[img, 0, 0, 0], OHo, OWo, &wide, &side, s)
 
 
-def _check_flat(x, u, b, at, out, Py_ssize_t PH, Py_ssize_t PW, int q):
+def _check_flat(x, u, b, at, out, Py_ssize_t PH, Py_ssize_t PW, int q, p, p_bias):
     """ValueError naming what flat_infer cannot take: the shapes its chunks would read and
     write past, or a pool that does not tile the output tiles."""
     cdef Py_ssize_t m = at.shape[0], r = WG_N - m + 1
@@ -190,7 +191,13 @@ def _check_flat(x, u, b, at, out, Py_ssize_t PH, Py_ssize_t PW, int q):
     if PH < 0 or PW < 0:
         raise ValueError(f"padding must be at least 0, not {(PH, PW)}")
     k, oh, ow = b.shape[0], x.shape[2] + 2 * PH - r + 1, x.shape[3] + 2 * PW - r + 1
-    expected = (x.shape[0], k, max(oh, 0) // q, max(ow, 0) // q)
+    if (p is None) != (p_bias is None):
+        raise ValueError("a projection takes both p and p_bias")
+    if p is not None and (p.shape[1] != k or p.shape[0] < p_bias.shape[0] or p.shape[0] % FILTER_BLOCK):
+        raise ValueError(f"p must be (K2 padded to {FILTER_BLOCK}, {k}) for {p_bias.shape[0]} outputs, "
+                         f"not {tuple(p.shape)[:2]}")
+    channels = k if p is None else p_bias.shape[0]
+    expected = (x.shape[0], channels, max(oh, 0) // q, max(ow, 0) // q)
     if tuple(out.shape)[:4] != expected:
         raise ValueError(f"out must have shape {expected}, not {tuple(out.shape)[:4]}")
     if tuple(u.shape)[:3] != (WG_N * WG_N, u.shape[1], x.shape[1]) or u.shape[1] < k or u.shape[1] % FILTER_BLOCK:
@@ -202,20 +209,28 @@ def flat_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
                const float[:, :, ::1] u,  # IN (n*n, Kp, C), Kp a multiple of FILTER_BLOCK
                const float[::1] b,  # IN (K,)
                const float[:, ::1] at,  # IN (m, N): A^T
-               float[:, :, :, ::1] out,  # OUT (N, K, OH // q, OW // q)
-               Py_ssize_t PH, Py_ssize_t PW, bint apply_relu, int q, int num_threads):
-    """winograd_infer without a projection, over tiles numbered across the batch
-    (winograd_flat_body.h): chunks of TILES tiles of any images, so that narrow images waste
-    none. Each chunk writes its own outputs: the bits do not depend on the thread count."""
+               float[:, :, :, ::1] out,  # OUT (N, K or K2, OH // q, OW // q)
+               Py_ssize_t PH, Py_ssize_t PW, bint apply_relu, int q, int num_threads,
+               const float[:, ::1] p=None,  # IN (K2p, K), K2p a multiple of FILTER_BLOCK
+               const float[::1] p_bias=None):  # IN (K2,)
+    """winograd_infer over tiles numbered across the batch (winograd_flat_body.h): chunks of
+    TILES tiles of any images, so that narrow images, and rows that would leave a chunk
+    mostly empty, waste none. Each chunk writes its own outputs: the bits do not depend on
+    the thread count."""
     cdef wg_flat geo
     cdef int m = at.shape[0]
     cdef Py_ssize_t N = x.shape[0], OHo = out.shape[2], OWo = out.shape[3]
-    _check_flat(x, u, b, at, out, PH, PW, q)
+    _check_flat(x, u, b, at, out, PH, PW, q, p, p_bias)
+    cdef bint projects = p is not None
+    cdef Py_ssize_t K2 = p_bias.shape[0] if projects else 0
+    cdef const float *pp = &p[0, 0] if projects else NULL
+    cdef const float *pb = &p_bias[0] if projects else NULL
     geo.C, geo.H, geo.W, geo.PH, geo.PW, geo.m = x.shape[1], x.shape[2], x.shape[3], PH, PW, m
     geo.K, geo.OH, geo.OW = b.shape[0], OHo * q, OWo * q
     geo.rows, geo.cols = (OHo * q + m - 1) // m, (OWo * q + m - 1) // m
     cdef Py_ssize_t tiles = N * geo.rows * geo.cols, chunks = (tiles + TILES - 1) // TILES
-    cdef float[:, ::1] scratch = np.empty((num_threads, wg_flat_scratch_floats(geo.C) + 16), dtype=np.float32)
+    cdef float[:, ::1] scratch = np.empty((num_threads, wg_flat_scratch_floats(geo.C, u.shape[1], projects) + 16),
+                                          dtype=np.float32)
     cdef Py_ssize_t chunk
     cdef float *s
     if tiles == 0 or geo.K == 0:
@@ -224,7 +239,7 @@ def flat_infer(const float[:, :, :, ::1] x,  # IN (N, C, H, W)
         s = line_start(&scratch[threadid(), 0])
         for chunk in prange(chunks, schedule='static'):
             wg_flat_chunk(&x[0, 0, 0, 0], &geo, chunk * TILES, min(TILES, tiles - chunk * TILES),
-                          &u[0, 0, 0], u.shape[1], &b[0], apply_relu, q, &at[0, 0],
+                          &u[0, 0, 0], u.shape[1], &b[0], apply_relu, q, &at[0, 0], pp, pb, K2,
                           &out[0, 0, 0, 0], OHo, OWo, &s[0])
 
 

@@ -347,20 +347,25 @@ static void V(backward_chunk)(const float *restrict x, const float *restrict dou
 
 /* -- The forward over the same chunks ------------------------------------------------------ */
 
-/* Output channel k of the chunk's finished tiles into out (N, K, OHo, OWo): fin[(a2 * per +
- * b2) * WG_TILES + t] is output (a2, b2) of tile t (per a side, after the pool). Per vector
+/* Output channel k of the chunk's finished tiles into out (N, K, OHo, OWo), plus add[0] when
+ * add is given: fin[(a2 * per + b2) * WG_TILES + t] is output (a2, b2) of tile t (per a side,
+ * after the pool). Per vector
  * of tiles and piece with a share of it: the share's lanes moved down to lane 0, a tile's
  * per columns interleaved, stored with a mask up to the row's end. */
 static inline __attribute__((always_inline)) void V(flat_emit_per)(
     const float *restrict fin, const int per, const wg_piece *pieces, const V(share) *shares,
-    const int *first, Py_ssize_t k, Py_ssize_t K, float *restrict out, Py_ssize_t OHo,
-    Py_ssize_t OWo)
+    const int *first, const float *restrict add, Py_ssize_t k, Py_ssize_t K,
+    float *restrict out, Py_ssize_t OHo, Py_ssize_t OWo)
 {
+    const V(vf) plus = (V(vf)){0} + (add ? add[0] : 0);
     for (int tv = 0; tv < WG_TILES / V_VW; tv++) {
         V(vf) plane[WG_MMAX][WG_MMAX];
         for (int a2 = 0; a2 < per; a2++)
-            for (int b2 = 0; b2 < per; b2++)
+            for (int b2 = 0; b2 < per; b2++) {
                 plane[a2][b2] = *(const V(vf) *)(fin + (a2 * per + b2) * WG_TILES + tv * V_VW);
+                if (add)
+                    plane[a2][b2] += plus;
+            }
         for (int h = first[tv]; h < first[tv + 1]; h++) {
             const V(share) *sh = shares + h;
             const wg_piece *pc = pieces + sh->piece;
@@ -401,18 +406,23 @@ static inline __attribute__((always_inline)) void V(flat_emit_per)(
 
 /* The forward of one chunk: the count tiles from flat tile f0 (g->rows x g->cols an image:
  * those that hold a kept output), then bias, ReLU and a q x q max-pool as chunk() does;
- * u: (n*n, Kp, C); out: (N, K, OHo, OWo). */
+ * u: (n*n, Kp, C); out: (N, K, OHo, OWo). With a projection (p: (K2p, K), K2p a multiple of
+ * 8, and bias p_bias), a 1x1 convolution of the finished outputs, as chunk() does: out is
+ * then (N, K2, OHo, OWo), and the K channels are never stored. */
 static void V(flat_chunk)(const float *restrict x, const wg_flat *g, Py_ssize_t f0,
                            Py_ssize_t count, const float *restrict u, Py_ssize_t Kp,
                            const float *restrict bias, int relu, int q,
-                           const float *restrict at, float *restrict out, Py_ssize_t OHo,
-                           Py_ssize_t OWo, float *restrict scratch)
+                           const float *restrict at, const float *restrict p,
+                           const float *restrict p_bias, Py_ssize_t K2, float *restrict out,
+                           Py_ssize_t OHo, Py_ssize_t OWo, float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N, C = g->C, K = g->K;
     const int m = g->m, per = m / q;
+    const Py_ssize_t planes = per * per * WG_TILES;
     float *v = scratch;                   /* nn * C * WG_TILES */
     float *mb = v + nn * C * WG_TILES;    /* nn * V_KB * WG_TILES */
     float *e = mb + nn * WG_KB_MAX * WG_TILES;  /* nn * WG_TILES, then the finished planes */
+    float *fin = e + nn * WG_TILES;       /* with p: Kp * planes, every filter's planes */
     wg_piece pieces[WG_TILES];
     const int np = wg_pieces(g, f0, count, WG_PIECE(m), V_VW, pieces);
     V(share) shares[WG_TILES + WG_TILES / V_VW];
@@ -422,19 +432,34 @@ static void V(flat_chunk)(const float *restrict x, const wg_flat *g, Py_ssize_t 
         V(flat_input_m)(x, g, 2, pieces, shares, first, e, v);
     else
         V(flat_input_m)(x, g, 4, pieces, shares, first, e, v);
+#define WG_EMIT(F, ADD, CH, KOUT)                                                         \
+    do {                                                                                  \
+        if (per == 1)                                                                     \
+            V(flat_emit_per)(F, 1, pieces, shares, first, ADD, CH, KOUT, out, OHo, OWo);  \
+        else if (per == 2)                                                                \
+            V(flat_emit_per)(F, 2, pieces, shares, first, ADD, CH, KOUT, out, OHo, OWo);  \
+        else                                                                              \
+            V(flat_emit_per)(F, 4, pieces, shares, first, ADD, CH, KOUT, out, OHo, OWo);  \
+    } while (0)
     for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
         for (Py_ssize_t xi = 0; xi < nn; xi++)
             V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * WG_TILES, nn * WG_TILES, C,
                           WG_TILES, mb + xi * V_KB * WG_TILES);
         for (int kk = 0; kk < V_KB && k0 + kk < K; kk++) {
+            float *f = p ? fin + (k0 + kk) * planes : e;
             V(output_transform)(mb + kk * WG_TILES, V_KB * WG_TILES, m, at, WG_TILES, bias[k0 + kk],
-                                relu, q, e);
-            if (per == 1)
-                V(flat_emit_per)(e, 1, pieces, shares, first, k0 + kk, K, out, OHo, OWo);
-            else if (per == 2)
-                V(flat_emit_per)(e, 2, pieces, shares, first, k0 + kk, K, out, OHo, OWo);
-            else
-                V(flat_emit_per)(e, 4, pieces, shares, first, k0 + kk, K, out, OHo, OWo);
+                                relu, q, f);
+            if (!p)
+                WG_EMIT(f, NULL, k0 + kk, K);
         }
     }
+    if (!p)
+        return;
+    /* the projection: V_KB output channels at a time, over every finished output */
+    for (Py_ssize_t j0 = 0; j0 < K2; j0 += V_KB) {
+        V(gemm_block)(p + j0 * K, K, fin, planes, K, planes, mb);
+        for (int jj = 0; jj < V_KB && j0 + jj < K2; jj++)
+            WG_EMIT(mb + jj * planes, p_bias + j0 + jj, j0 + jj, K2);
+    }
+#undef WG_EMIT
 }

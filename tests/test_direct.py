@@ -101,6 +101,10 @@ for r in (3, 5):
         for pool in (None, 2):
             outs[f"{algorithm} {r} {pool}"] = L.conv2d_infer(x, w, b, padding=1, relu=True, pool=pool,
                                                              algorithm=algorithm).tolist()
+    # the 1x1 convolution in the output stage, in chunks across the batch
+    w2 = np.linspace(-1, 1, 7 * 11, dtype=np.float32).reshape(7, 11, 1, 1)
+    outs[f"projection {r}"] = L.conv2d_infer(x, w, b, padding=1, relu=True, algorithm="winograd",
+                                             project=(w2, np.linspace(0, 1, 7, dtype=np.float32))).tolist()
     dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
     outs[f"weight gradient {r}"] = fast.weight_gradient(x, dout, r, (1, 1))[0].tolist()
     # narrow images, in chunks of tiles numbered across the batch (pieces of rows in masked
@@ -140,6 +144,10 @@ def test_every_instruction_set_copy_matches_the_naive_loop(isa):
             for pool in (None, 2):
                 out = np.array(result["outs"][f"{algorithm} {r} {pool}"], np.float32)
                 np.testing.assert_allclose(out, naive(x, w, b, (1, 1), True, pool), rtol=1e-4, atol=1e-4)
+        w2 = np.linspace(-1, 1, 7 * 11).reshape(7, 11, 1, 1)
+        projected = ref.conv2d(naive(x, w, b, (1, 1), True, None).astype(np.float64), w2, np.linspace(0, 1, 7),
+                               (1, 1), (0, 0))
+        np.testing.assert_allclose(result["outs"][f"projection {r}"], projected, rtol=1e-4, atol=1e-3)
         dout = rng.standard_normal((2, 11, 31 - r, 77 - r)).astype(np.float32)
         _, dw, _ = ref.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64),
                                        (1, 1), (1, 1))

@@ -168,7 +168,9 @@ def test_the_fcn_prepares_its_filters_and_uses_them():
 
 @pytest.mark.parametrize("algorithm, pool, r", [("winograd", None, 5), ("winograd", 2, 5), ("winograd", 2, 3),
                                                 ("im2col", None, 5), ("im2col", 2, 3)])
-def test_a_projection_equals_the_1x1_convolution_after(algorithm, pool, r):
+def test_a_projection_equals_the_1x1_convolution_after(algorithm, pool, r, narrow_path):
+    # 71 or 73 outputs a row: 36 or 19 tiles, in chunks across the batch or in rows of chunks
+    assert winograd.flat_pays(2, 75, 0, r, 24 - r, 76 - r, pool or 1) == (narrow_path == "flat")
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 6, 23, 75)).astype(np.float32)
     w = rng.standard_normal((19, 6, r, r)).astype(np.float32)
@@ -406,6 +408,12 @@ def test_the_flat_kernels_refuse_shapes_they_would_read_or_write_past():
         kernel.flat_infer(x, f.u, b, at, np.zeros((4, 4, 4, 4), np.float32), 0, 0, False, 1, 1)
     with pytest.raises(ValueError, match="a 4x4 pool does not tile the 2x2 output tiles"):
         kernel.flat_infer(x, f.u, b, at, np.zeros((4, 5, 1, 1), np.float32), 0, 0, False, 4, 1)
+    with pytest.raises(ValueError, match=r"p must be \(K2 padded to 8, 5\) for 3 outputs, not \(8, 4\)"):
+        kernel.flat_infer(x, f.u, b, at, np.zeros((4, 3, 4, 4), np.float32), 0, 0, False, 1, 1,
+                          p=np.zeros((8, 4), np.float32), p_bias=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="a projection takes both p and p_bias"):
+        kernel.flat_infer(x, f.u, b, at, np.zeros((4, 3, 4, 4), np.float32), 0, 0, False, 1, 1,
+                          p=np.zeros((8, 5), np.float32))
     with pytest.raises(ValueError, match="u must be"):
         kernel.flat_infer(x, f.u[:, :, :2].copy(), b, at, np.zeros((4, 5, 4, 4), np.float32), 0, 0, False, 1, 1)
     dout, gt = np.zeros((4, 5, 4, 4), np.float32), np.ascontiguousarray(winograd.transforms(2, 5)[1].T)
