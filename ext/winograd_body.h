@@ -358,6 +358,58 @@ static void V(emit)(const float *restrict fin, int per, Py_ssize_t count,
         }
 }
 
+/* Where a chunk's finished planes of one output channel go (emit's arguments but the plane,
+ * the value added and the channel). */
+typedef struct {
+    int per;
+    Py_ssize_t count, row0, t0, OHo, OWo;
+    float *out, *rows;
+    const wg_outputs *side;
+} V(row_target);
+
+static void V(emit_rows)(void *target, const float *restrict fin, const float *restrict add,
+                          Py_ssize_t k)
+{
+    const V(row_target) *r = target;
+    V(emit)(fin, r->per, r->count, add, r->row0, r->t0, r->out, k, r->OHo, r->OWo, r->side, r->rows);
+}
+
+/* Steps 3 and 4 of a chunk from its transformed inputs v (n*n x C x WG_TILES): per block of
+ * V_KB filters the n*n tile products, then A^T M A with bias, ReLU and pool into planes, each
+ * channel's handed to emit (with target, no value added). With a projection (p: (K2p, K), K2p
+ * a multiple of 8, and bias p_bias), every filter's planes first, in fin (Kp * planes), then
+ * the 1x1 convolution of them, V_KB output channels at a time, each handed to emit with its
+ * bias added; the K channels are never stored. */
+static void V(tile_outputs)(const float *restrict u, const float *restrict v, Py_ssize_t C,
+                             Py_ssize_t K, Py_ssize_t Kp, const float *restrict bias, int relu,
+                             int q, int m, const float *restrict at, Py_ssize_t count,
+                             const float *restrict p, const float *restrict p_bias,
+                             Py_ssize_t K2, float *restrict mb, float *restrict fin,
+                             void (*emit)(void *, const float *, const float *, Py_ssize_t),
+                             void *target)
+{
+    const Py_ssize_t nn = WG_N * WG_N, planes = (m / q) * (m / q) * WG_TILES;
+    for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
+        for (Py_ssize_t xi = 0; xi < nn; xi++)
+            V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * WG_TILES, nn * WG_TILES, C,
+                           WG_TILES, mb + xi * V_KB * WG_TILES);
+        for (int kk = 0; kk < V_KB && k0 + kk < K; kk++) {
+            float *f = p ? fin + (k0 + kk) * planes : fin;
+            V(output_transform)(mb + kk * WG_TILES, V_KB * WG_TILES, m, at, count, bias[k0 + kk],
+                                 relu, q, f);
+            if (!p)
+                emit(target, f, NULL, k0 + kk);
+        }
+    }
+    if (!p)
+        return;
+    for (Py_ssize_t j0 = 0; j0 < K2; j0 += V_KB) {
+        V(gemm_block)(p + j0 * K, K, fin, planes, K, planes, mb);
+        for (int jj = 0; jj < V_KB && j0 + jj < K2; jj++)
+            emit(target, mb + jj * planes, p_bias + j0 + jj, j0 + jj);
+    }
+}
+
 /* The whole chunk: tiles t0 .. t0 + count - 1 (count <= WG_TILES) of tile row ti of one image.
  * u: (n*n, Kp, C) with Kp a multiple of 8; out: (K, OHo, OWo) of this image. With a
  * projection (p: (K2p, K), K2p a multiple of 8, and bias p_bias), a 1x1 convolution of the
@@ -372,34 +424,15 @@ static void V(chunk)(const float *restrict x, Py_ssize_t C, Py_ssize_t H, Py_ssi
                       const wg_inputs *in, const wg_outputs *side, float *restrict scratch)
 {
     const Py_ssize_t nn = WG_N * WG_N, per = m / q, planes = per * per * WG_TILES;
-    const Py_ssize_t row0 = (ti * m) / q;
     float *v = scratch;                                  /* nn * C * WG_TILES */
     float *mb = v + nn * C * WG_TILES;                         /* nn * V_KB * WG_TILES */
     float *fin = mb + nn * V_KB * WG_TILES;                   /* Kp * planes with p, else planes */
     float *rows = fin + (p ? Kp : 1) * planes;          /* m * m * WG_TILES: emit's wide rows */
     float *phases = rows + m * m * WG_TILES;         /* WG_N * m * (WG_TILES + (WG_N - 1) / m + 1), a row */
+    V(row_target) target = {(int)per, count, (ti * m) / q, t0, OHo, OWo, out, rows, side};
     V(input_transform)(x, C, H, W, PH, PW, m, ti, t0, in, phases, v);
-    for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
-        for (Py_ssize_t xi = 0; xi < nn; xi++)
-            V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * WG_TILES, nn * WG_TILES, C,
-                           WG_TILES, mb + xi * V_KB * WG_TILES);
-        for (int kk = 0; kk < V_KB && k0 + kk < K; kk++) {
-            float *f = p ? fin + (k0 + kk) * planes : fin;
-            V(output_transform)(mb + kk * WG_TILES, V_KB * WG_TILES, m, at, count, bias[k0 + kk],
-                                 relu, q, f);
-            if (!p)
-                V(emit)(f, per, count, NULL, row0, t0, out, k0 + kk, OHo, OWo, side, rows);
-        }
-    }
-    if (!p)
-        return;
-    /* the projection: V_KB output channels at a time, over every finished output */
-    for (Py_ssize_t j0 = 0; j0 < K2; j0 += V_KB) {
-        V(gemm_block)(p + j0 * K, K, fin, planes, K, planes, mb);
-        for (int jj = 0; jj < V_KB && j0 + jj < K2; jj++)
-            V(emit)(mb + jj * planes, per, count, p_bias + j0 + jj, row0, t0, out, j0 + jj,
-                     OHo, OWo, side, rows);
-    }
+    V(tile_outputs)(u, v, C, K, Kp, bias, relu, q, m, at, count, p, p_bias, K2, mb, fin,
+                    V(emit_rows), &target);
 }
 
 /* -- The weight gradient: F(r x r, m x m) over the same tiles ---------------------------------

@@ -404,11 +404,34 @@ static inline __attribute__((always_inline)) void V(flat_emit_per)(
     }
 }
 
+/* Where a flat chunk's finished planes of one output channel go */
+typedef struct {
+    int per;
+    const wg_piece *pieces;
+    const V(share) *shares;
+    const int *first;
+    Py_ssize_t K, OHo, OWo;
+    float *out;
+} V(flat_target);
+
+static void V(emit_flat)(void *target, const float *restrict fin, const float *restrict add,
+                          Py_ssize_t k)
+{
+    const V(flat_target) *t = target;
+#define WG_EMIT(PER) V(flat_emit_per)(fin, PER, t->pieces, t->shares, t->first, add, k, t->K, t->out, t->OHo, t->OWo)
+    if (t->per == 1)
+        WG_EMIT(1);
+    else if (t->per == 2)
+        WG_EMIT(2);
+    else
+        WG_EMIT(4);
+#undef WG_EMIT
+}
+
 /* The forward of one chunk: the count tiles from flat tile f0 (g->rows x g->cols an image:
- * those that hold a kept output), then bias, ReLU and a q x q max-pool as chunk() does;
- * u: (n*n, Kp, C); out: (N, K, OHo, OWo). With a projection (p: (K2p, K), K2p a multiple of
- * 8, and bias p_bias), a 1x1 convolution of the finished outputs, as chunk() does: out is
- * then (N, K2, OHo, OWo), and the K channels are never stored. */
+ * those that hold a kept output), then bias, ReLU, a q x q max-pool and a projection as
+ * chunk() does (tile_outputs); u: (n*n, Kp, C); out: (N, K, OHo, OWo), or (N, K2, OHo, OWo)
+ * with a projection. */
 static void V(flat_chunk)(const float *restrict x, const wg_flat *g, Py_ssize_t f0,
                            Py_ssize_t count, const float *restrict u, Py_ssize_t Kp,
                            const float *restrict bias, int relu, int q,
@@ -416,13 +439,12 @@ static void V(flat_chunk)(const float *restrict x, const wg_flat *g, Py_ssize_t 
                            const float *restrict p_bias, Py_ssize_t K2, float *restrict out,
                            Py_ssize_t OHo, Py_ssize_t OWo, float *restrict scratch)
 {
-    const Py_ssize_t nn = WG_N * WG_N, C = g->C, K = g->K;
-    const int m = g->m, per = m / q;
-    const Py_ssize_t planes = per * per * WG_TILES;
+    const Py_ssize_t nn = WG_N * WG_N;
+    const int m = g->m;
     float *v = scratch;                   /* nn * C * WG_TILES */
-    float *mb = v + nn * C * WG_TILES;    /* nn * V_KB * WG_TILES */
-    float *e = mb + nn * WG_KB_MAX * WG_TILES;  /* nn * WG_TILES, then the finished planes */
-    float *fin = e + nn * WG_TILES;       /* with p: Kp * planes, every filter's planes */
+    float *mb = v + nn * g->C * WG_TILES; /* nn * V_KB * WG_TILES */
+    float *e = mb + nn * WG_KB_MAX * WG_TILES;  /* nn * WG_TILES, then a channel's planes */
+    float *fin = p ? e + nn * WG_TILES : e;     /* with p: Kp * planes, every filter's */
     wg_piece pieces[WG_TILES];
     const int np = wg_pieces(g, f0, count, WG_PIECE(m), V_VW, pieces);
     V(share) shares[WG_TILES + WG_TILES / V_VW];
@@ -432,34 +454,7 @@ static void V(flat_chunk)(const float *restrict x, const wg_flat *g, Py_ssize_t 
         V(flat_input_m)(x, g, 2, pieces, shares, first, e, v);
     else
         V(flat_input_m)(x, g, 4, pieces, shares, first, e, v);
-#define WG_EMIT(F, ADD, CH, KOUT)                                                         \
-    do {                                                                                  \
-        if (per == 1)                                                                     \
-            V(flat_emit_per)(F, 1, pieces, shares, first, ADD, CH, KOUT, out, OHo, OWo);  \
-        else if (per == 2)                                                                \
-            V(flat_emit_per)(F, 2, pieces, shares, first, ADD, CH, KOUT, out, OHo, OWo);  \
-        else                                                                              \
-            V(flat_emit_per)(F, 4, pieces, shares, first, ADD, CH, KOUT, out, OHo, OWo);  \
-    } while (0)
-    for (Py_ssize_t k0 = 0; k0 < K; k0 += V_KB) {
-        for (Py_ssize_t xi = 0; xi < nn; xi++)
-            V(gemm_block)(u + (xi * Kp + k0) * C, C, v + xi * WG_TILES, nn * WG_TILES, C,
-                          WG_TILES, mb + xi * V_KB * WG_TILES);
-        for (int kk = 0; kk < V_KB && k0 + kk < K; kk++) {
-            float *f = p ? fin + (k0 + kk) * planes : e;
-            V(output_transform)(mb + kk * WG_TILES, V_KB * WG_TILES, m, at, WG_TILES, bias[k0 + kk],
-                                relu, q, f);
-            if (!p)
-                WG_EMIT(f, NULL, k0 + kk, K);
-        }
-    }
-    if (!p)
-        return;
-    /* the projection: V_KB output channels at a time, over every finished output */
-    for (Py_ssize_t j0 = 0; j0 < K2; j0 += V_KB) {
-        V(gemm_block)(p + j0 * K, K, fin, planes, K, planes, mb);
-        for (int jj = 0; jj < V_KB && j0 + jj < K2; jj++)
-            WG_EMIT(mb + jj * planes, p_bias + j0 + jj, j0 + jj, K2);
-    }
-#undef WG_EMIT
+    V(flat_target) target = {m / q, pieces, shares, first, p ? K2 : g->K, OHo, OWo, out};
+    V(tile_outputs)(u, v, g->C, g->K, Kp, bias, relu, q, m, at, WG_TILES, p, p_bias, K2, mb, fin,
+                    V(emit_flat), &target);
 }
