@@ -280,8 +280,7 @@ def conv2d_backward(dout, cache, input_grad=True):
     dout = _gradient(dout, x, (n, k, oh, ow))
     winograd_dw = _training_algorithm(x.dtype, x.shape, w.shape, (sh, sw), pw, (oh, ow)) == "winograd"
     if winograd_dw and n >= _wg.BACKWARD_GROUPS:  # a batch: every gradient from one pass
-        dx, dw, db = _winograd.fused_backward(x, dout, w, (ph, pw), input_grad)
-        return dx, dw, db
+        return _winograd.fused_backward(x, dout, w, (ph, pw), input_grad)
     winograd_dx = input_grad and _winograd_input_gradient_pays(x.dtype, x.shape, w.shape, (sh, sw), (ph, pw),
                                                                (oh, ow))
     dx = np.zeros_like(x) if input_grad and not winograd_dx else None

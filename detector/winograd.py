@@ -165,13 +165,18 @@ def weight_gradient(x, dout, r, padding):
     if slot is not None:  # one wide image, read where the images lie
         ow = n * slot - r + 1
     _, g, _ = transforms(r, m)  # G' of F(r, m): the m x m gradients' transform
-    kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
-    cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
-    slots = np.empty((_kernel.GRADIENT_GROUPS, g.shape[0] ** 2, kp, cp), np.float32)
+    slots = np.empty((_kernel.GRADIENT_GROUPS, *_slot_shape(k, c)), np.float32)
     dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
     _kernel.weight_gradient(x, dout, g.astype(np.float32), transforms(r, m)[0], slots, dw, db,
                             ph, pw, ow, threads, slot or 0)
     return dw, db
+
+
+def _slot_shape(k, c):
+    """(n*n, Kp, Cp): one slot of the weight gradient's sums for K filters of C channels,
+    padded to the kernel's register blocks."""
+    return (_kernel.N ** 2, -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK,
+            -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK)
 
 
 def backward_groups(k, c):
@@ -179,9 +184,8 @@ def backward_groups(k, c):
     channels: each holds a slot of n*n x K x C floats (padded), so that a layer of 512 by 512
     filters would hold 300 MB in 8; fewer groups keep them near 64 MB, 2 at least, to share
     among threads. Fixed by the shapes alone, as the bits depend on the groups."""
-    kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
-    cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
-    return max(2, min(_kernel.BACKWARD_GROUPS, _kernel.BACKWARD_SLOT_FLOATS // max(1, 36 * kp * cp)))
+    floats = int(np.prod(_slot_shape(k, c)))
+    return max(2, min(_kernel.BACKWARD_GROUPS, _kernel.BACKWARD_SLOT_FLOATS // max(1, floats)))
 
 
 def _check_backward(x, dout, w, padding):
@@ -221,10 +225,7 @@ def fused_backward(x, dout, w, padding, input_grad=True):
     cu = -(-c // _kernel.FILTER_BLOCK) * _kernel.FILTER_BLOCK
     ut = np.zeros((nn, cu, k), np.float32)
     ut[:, :c, :] = u[:, :k, :].transpose(0, 2, 1)
-    kp = -(-k // _kernel.GRADIENT_FILTER_BLOCK) * _kernel.GRADIENT_FILTER_BLOCK
-    cp = -(-c // _kernel.GRADIENT_CHANNEL_BLOCK) * _kernel.GRADIENT_CHANNEL_BLOCK
-    groups = backward_groups(k, c)
-    slots = np.empty((groups, nn, kp, cp), np.float32)
+    slots = np.empty((backward_groups(k, c), *_slot_shape(k, c)), np.float32)
     dx = np.empty_like(x) if input_grad else None
     dw, db = np.empty((k, c, r, r), np.float32), np.empty(k, np.float32)
     _kernel.fused_backward(x, np.ascontiguousarray(dout), ut,

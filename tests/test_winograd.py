@@ -168,9 +168,9 @@ def test_the_fcn_prepares_its_filters_and_uses_them():
 
 @pytest.mark.parametrize("algorithm, pool, r", [("winograd", None, 5), ("winograd", 2, 5), ("winograd", 2, 3),
                                                 ("im2col", None, 5), ("im2col", 2, 3)])
-def test_a_projection_equals_the_1x1_convolution_after(algorithm, pool, r, narrow_path):
+def test_a_projection_equals_the_1x1_convolution_after(algorithm, pool, r, tile_path):
     # 71 or 73 outputs a row: 36 or 19 tiles, in chunks across the batch or in rows of chunks
-    assert winograd.flat_pays(2, 75, 0, r, 24 - r, 76 - r, pool or 1) == (narrow_path == "flat")
+    assert winograd.flat_pays(2, 75, 0, r, 24 - r, 76 - r, pool or 1) == (tile_path == "flat")
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 6, 23, 75)).astype(np.float32)
     w = rng.standard_normal((19, 6, r, r)).astype(np.float32)
@@ -200,23 +200,23 @@ def test_bad_projections_are_refused_by_name(project, error, message):
         L.conv2d_infer(x, w, b, project=project)
 
 
-@pytest.fixture(params=["flat", "side by side"])
-def narrow_path(request, monkeypatch):
-    """Runs a test with narrow images in chunks of tiles numbered across the batch, then with
-    those chunks off, side by side as one wide image."""
-    if request.param == "side by side":
+@pytest.fixture(params=["flat", "rows"])
+def tile_path(request, monkeypatch):
+    """Runs a test in chunks of tiles numbered across the batch, then with those chunks off:
+    in rows of chunks, narrow images side by side as one wide image."""
+    if request.param == "rows":
         monkeypatch.setattr(winograd, "flat_pays", lambda *args, **kwargs: False)
     return request.param
 
 
-def test_narrow_images_run_in_flat_chunks_or_side_by_side_and_match_the_naive_loop(narrow_path):
+def test_narrow_images_run_in_flat_chunks_or_side_by_side_and_match_the_naive_loop(tile_path):
     # 14-pixel rows hold 5 tiles of a 32-tile chunk; side by side, 9 images fill 63; numbered
     # across the batch, the 9 * 6 * 6 tiles of 12 x 12 outputs fill 11 chunks
     tiles, slot = winograd.layout(9, 14, 1, 5, 12, 12, pool=2)
     assert slot == 16 and tiles < 9 * winograd.layout(1, 14, 1, 5, 12, 12, pool=2)[0]
     assert winograd.layout(1, 14, 1, 5, 12, 12)[1] is None  # one image: nothing to gain
     assert winograd.flat_tiles(9, 5, 12, 12, pool=2) == 11 * 32 < 0.9 * tiles
-    assert winograd.flat_pays(9, 14, 1, 5, 12, 12, pool=2) == (narrow_path == "flat")
+    assert winograd.flat_pays(9, 14, 1, 5, 12, 12, pool=2) == (tile_path == "flat")
     rng = np.random.default_rng(8)
     x = rng.standard_normal((9, 3, 13, 14)).astype(np.float32)
     w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
@@ -253,7 +253,7 @@ def test_training_forward_refuses_what_winograd_cannot_run():
 
 
 @pytest.mark.parametrize("r, width", [(3, 13), (3, 14), (5, 14), (5, 9)])
-def test_a_nan_in_one_image_of_a_narrow_batch_stays_in_it(r, width, narrow_path):
+def test_a_nan_in_one_image_of_a_narrow_batch_stays_in_it(r, width, tile_path):
     x = np.random.default_rng(10).standard_normal((6, 2, 12, width)).astype(np.float32)
     x[0, 0, :, -1] = np.nan  # the last column of the first image
     x[3, 1, 5, 0] = np.inf  # the first column of the fourth
